@@ -1,0 +1,194 @@
+"""Per-process counters: the embedded default (``storage.url: memory://``).
+
+Decisions use the pure functions of :mod:`apigate.ratelimit.algorithms`. A decision runs
+without an ``await`` in the middle, so on one event loop it is atomic like the Redis script.
+Every entry expires (the same TTLs the script sets); expired entries are dropped when read and
+swept a few at a time on every call, so memory stays bounded by the live keys.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from apigate.config.model import StorageConfig
+from apigate.ratelimit import algorithms as alg
+from apigate.ratelimit.storage.base import (
+    Algorithm,
+    LimitSpec,
+    LimitState,
+    Outcome,
+    Storage,
+)
+
+# Expired entries removed per call: enough to outpace the insert rate, small enough to
+# keep every decision O(1) amortised.
+SWEEP_BATCH = 32
+
+
+def wall_clock_ms() -> Callable[[], int]:
+    """A wall clock in ms that never runs backwards (a step back holds it still)."""
+    last = 0
+
+    def now() -> int:
+        nonlocal last
+        last = max(last, time.time_ns() // 1_000_000)
+        return last
+
+    return now
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One spec key's state. Windows: ``index``/``curr``/``prev``; log: ``log``; GCRA: ``tat``."""
+
+    algorithm: Algorithm
+    expires_at: int
+    scheduled: int = 0  # deadline of this entry's one record in the expiry heap
+    index: int = 0
+    curr: int = 0
+    prev: int = 0
+    log: list[int] = field(default_factory=list)
+    tat: int | None = None
+
+
+@dataclass(slots=True)
+class _Check:
+    spec: LimitSpec
+    entry: _Entry | None
+    decision: alg.Decision
+    result: int  # the algorithm's second return value (new count / expired / new tat)
+
+
+class MemoryStorage(Storage):
+    """Counters in a dict of this process; ``clock`` returns ms (injected in tests)."""
+
+    def __init__(self, *, clock: Callable[[], int] | None = None) -> None:
+        self._clock = clock or wall_clock_ms()
+        self._entries: dict[str, _Entry] = {}
+        self._expiry: list[tuple[int, str]] = []  # one (deadline, key) per entry, lazy
+
+    @classmethod
+    def from_config(cls, config: StorageConfig) -> MemoryStorage:
+        """``memory://`` takes no options."""
+        del config
+        return cls()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def decide(self, specs: Sequence[LimitSpec]) -> Outcome:
+        """Check all specs; charge all iff all allow (no await inside: atomic)."""
+        now = self._clock()
+        self.sweep(now, SWEEP_BATCH)
+        checks = [self._check(spec, now) for spec in specs]
+        allowed = all(c.decision.allowed for c in checks)
+        for check in checks:
+            if allowed:
+                self._charge(check, now)
+            elif check.entry is not None and check.spec.algorithm is Algorithm.SLIDING_LOG:
+                del check.entry.log[: check.result]  # expired entries go either way
+        return Outcome(allowed, tuple(c.decision.state for c in checks))
+
+    async def peek(self, spec: LimitSpec) -> LimitState:
+        """The state for a request of ``spec.cost``; nothing is written."""
+        return self._check(spec, self._clock()).decision.state
+
+    async def refund(self, specs: Sequence[LimitSpec]) -> None:
+        """Undo a charge of ``cost`` made moments ago (the contract's refund mode)."""
+        now = self._clock()
+        for spec in specs:
+            entry = self._live(spec, now)
+            if entry is None:
+                continue
+            if spec.algorithm is Algorithm.SLIDING_LOG:
+                del entry.log[max(0, len(entry.log) - spec.cost) :]
+            elif spec.algorithm is Algorithm.TOKEN_BUCKET:
+                entry.tat = None if entry.tat is None else alg.refund_tat(spec, entry.tat, now)
+            elif entry.index == alg.window_index(now, spec.window_ms):
+                entry.curr = alg.refund_count(entry.curr, spec.cost)
+
+    async def reset(self, spec: LimitSpec) -> None:
+        self._entries.pop(spec.key, None)
+
+    async def heartbeat(self, instance_id: str, ttl_ms: int) -> int:
+        """One process is the whole cluster of a memory storage."""
+        del instance_id, ttl_ms
+        return 1
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+        self._expiry.clear()
+
+    def sweep(self, now: int, limit: int | None = None) -> int:
+        """Drop up to ``limit`` (None: all) entries expired at ``now``; returns how many."""
+        dropped = 0
+        while self._expiry and self._expiry[0][0] <= now and (limit is None or dropped < limit):
+            deadline, key = heapq.heappop(self._expiry)
+            entry = self._entries.get(key)
+            if entry is None or entry.scheduled != deadline:
+                continue  # reset or replaced since: a stale record
+            if entry.expires_at <= now:
+                del self._entries[key]
+                dropped += 1
+            else:  # extended since it was scheduled: look again at its new deadline
+                entry.scheduled = entry.expires_at
+                heapq.heappush(self._expiry, (entry.expires_at, key))
+        return dropped
+
+    def _live(self, spec: LimitSpec, now: int) -> _Entry | None:
+        entry = self._entries.get(spec.key)
+        if entry is None or entry.expires_at <= now or entry.algorithm != spec.algorithm:
+            return None
+        return entry
+
+    def _check(self, spec: LimitSpec, now: int) -> _Check:
+        entry = self._live(spec, now)
+        if spec.algorithm is Algorithm.TOKEN_BUCKET:
+            decision, result = alg.token_bucket(spec, entry.tat if entry else None, now)
+        elif spec.algorithm is Algorithm.SLIDING_LOG:
+            decision, result = alg.sliding_log(spec, entry.log if entry else (), now)
+        else:
+            prev, curr = self._window_counts(spec, entry, now)
+            if spec.algorithm is Algorithm.FIXED_WINDOW:
+                decision, result = alg.fixed_window(spec, curr, now)
+            else:
+                decision, result = alg.sliding_window(spec, prev, curr, now)
+        return _Check(spec, entry, decision, result)
+
+    @staticmethod
+    def _window_counts(spec: LimitSpec, entry: _Entry | None, now: int) -> tuple[int, int]:
+        """(count of window idx-1, count of window idx) from an entry that may be older."""
+        if entry is None:
+            return 0, 0
+        idx = alg.window_index(now, spec.window_ms)
+        if entry.index == idx:
+            return entry.prev, entry.curr
+        if entry.index == idx - 1:
+            return entry.curr, 0
+        return 0, 0
+
+    def _charge(self, check: _Check, now: int) -> None:
+        spec, entry = check.spec, check.entry
+        fresh = entry is None
+        if entry is None:
+            entry = _Entry(spec.algorithm, expires_at=0)
+            self._entries[spec.key] = entry
+        if spec.algorithm is Algorithm.TOKEN_BUCKET:
+            entry.tat = check.result
+        elif spec.algorithm is Algorithm.SLIDING_LOG:
+            del entry.log[: check.result]
+            entry.log.extend([now] * spec.cost)
+        else:
+            entry.prev, _ = self._window_counts(spec, entry, now)
+            entry.index = alg.window_index(now, spec.window_ms)
+            entry.curr = check.result
+        entry.expires_at = now + check.decision.ttl_ms
+        if fresh:
+            entry.scheduled = entry.expires_at
+            heapq.heappush(self._expiry, (entry.expires_at, spec.key))
