@@ -1,0 +1,65 @@
+"""Admin API for rate limits: list policies, look at and reset one identity's usage.
+
+``key`` is a rendered identity exactly as :mod:`apigate.ratelimit.keys` builds it, e.g.
+``ip=203.0.113.7``, ``ip=2001:db8:1:2::/64``, ``consumer=acme`` or
+``consumer=acme+route=users``::
+
+    GET  /admin/ratelimit/policies                      -> {"policies": [...]}
+    GET  /admin/ratelimit/usage?policy=per-ip&key=ip=203.0.113.7
+    POST /admin/ratelimit/reset?policy=per-ip&key=ip=203.0.113.7
+
+Missing or bad parameters answer 400, an unknown policy 404, storage down 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from apigate.admin.types import AdminError, AdminRequest, AdminResponse, AdminRoute
+from apigate.ratelimit.limiter import RateLimiter, UnknownPolicyError
+from apigate.ratelimit.storage.base import StorageError
+
+
+def _params(request: AdminRequest) -> tuple[str, str]:
+    policy = request.query.get("policy", "")
+    key = request.query.get("key", "")
+    if not policy or not key:
+        raise AdminError(400, "give both query parameters: policy and key")
+    return policy, key
+
+
+def admin_routes(get_limiter: Callable[[], RateLimiter]) -> list[AdminRoute]:
+    """The rate-limit admin routes; ``get_limiter`` returns the current (reloaded) limiter."""
+
+    async def policies(request: AdminRequest) -> AdminResponse:
+        del request
+        return AdminResponse.of({"policies": get_limiter().describe_policies()})
+
+    async def usage(request: AdminRequest) -> AdminResponse:
+        policy, key = _params(request)
+        try:
+            return AdminResponse.of(await get_limiter().usage(policy, key))
+        except UnknownPolicyError:
+            raise AdminError(404, f"no rate-limit policy {policy!r}") from None
+        except ValueError as exc:
+            raise AdminError(400, str(exc)) from None
+        except (StorageError, TimeoutError):
+            raise AdminError(503, "rate-limit storage unavailable") from None
+
+    async def reset(request: AdminRequest) -> AdminResponse:
+        policy, key = _params(request)
+        try:
+            await get_limiter().reset(policy, key)
+        except UnknownPolicyError:
+            raise AdminError(404, f"no rate-limit policy {policy!r}") from None
+        except ValueError as exc:
+            raise AdminError(400, str(exc)) from None
+        except (StorageError, TimeoutError):
+            raise AdminError(503, "rate-limit storage unavailable") from None
+        return AdminResponse.of({"policy": policy, "key": key, "reset": True})
+
+    return [
+        ("GET", "/admin/ratelimit/policies", policies),
+        ("GET", "/admin/ratelimit/usage", usage),
+        ("POST", "/admin/ratelimit/reset", reset),
+    ]

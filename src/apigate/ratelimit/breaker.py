@@ -1,0 +1,85 @@
+"""A circuit breaker that stops calling a failing storage and probes it now and then.
+
+closed --(``threshold`` failures in a row)--> open --(cool-down over)--> half-open: one
+caller is let through as the probe; its success closes the circuit, its failure opens it again
+with a doubled cool-down (capped). The clock is injected (seconds), so tests set the time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import Enum
+
+
+class BreakerState(Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """``allow()`` before each call, then exactly one of success / failure / abandon."""
+
+    def __init__(
+        self,
+        *,
+        threshold: int = 3,
+        cooldown_s: float = 1.0,
+        max_cooldown_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._threshold = threshold
+        self._base = cooldown_s
+        self._max = max_cooldown_s
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._cooldown = cooldown_s
+        self._open_until = 0.0
+        self._probing = False
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    def allow(self) -> bool:
+        """True if storage may be called now (in half-open: only for the one probe)."""
+        if self._state is BreakerState.CLOSED:
+            return True
+        if self._state is BreakerState.OPEN:
+            if self._clock() < self._open_until:
+                return False
+            self._state = BreakerState.HALF_OPEN
+            self._probing = False
+        if self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def success(self) -> None:
+        """The call answered: close the circuit and forget past failures."""
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._cooldown = self._base
+        self._probing = False
+
+    def failure(self) -> None:
+        """The call failed or timed out."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._cooldown = min(self._cooldown * 2, self._max)
+            self._open()
+            return
+        self._failures += 1
+        if self._state is BreakerState.CLOSED and self._failures >= self._threshold:
+            self._open()
+
+    def abandon(self) -> None:
+        """The call was cancelled before it answered: let another caller probe."""
+        self._probing = False
+
+    def _open(self) -> None:
+        self._state = BreakerState.OPEN
+        self._open_until = self._clock() + self._cooldown
+        self._probing = False
+        self._failures = 0

@@ -1,0 +1,108 @@
+"""Storage behind a timeout and a circuit breaker, plus the process-local fallback.
+
+One :class:`StorageGuard` lives as long as the storage does: a config reload makes a new
+limiter over the same guard, so the breaker, the over-limit cache and the live-instance count
+survive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from apigate.ratelimit.breaker import CircuitBreaker
+from apigate.ratelimit.overlimit import OverLimitCache
+from apigate.ratelimit.storage.base import LimitSpec, Outcome, Storage, StorageError
+from apigate.ratelimit.storage.memory import MemoryStorage
+
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TTL_MS = 3000
+
+
+def local_share(spec: LimitSpec, instances: int) -> LimitSpec:
+    """This instance's share of a limit while storage is down: ``limit // n``, at least 1."""
+    n = max(1, instances)
+    return replace(spec, limit=max(1, spec.limit // n), burst=spec.burst // n)
+
+
+class StorageGuard:
+    """Calls storage within ``timeout_s`` unless the breaker is open; knows the live count."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        instance_id: str,
+        clock: Callable[[], float],
+        timeout_s: float,
+    ) -> None:
+        self.storage = storage
+        self.instance_id = instance_id
+        self.clock = clock
+        self.timeout_s = timeout_s
+        self.breaker = CircuitBreaker(clock=clock)
+        self.cache = OverLimitCache()
+        self.local = MemoryStorage(clock=lambda: int(clock() * 1000))
+        self.live_instances = 1
+        self.started = False
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def decide(self, specs: Sequence[LimitSpec]) -> Outcome | None:
+        """Storage's outcome, or None when it failed, timed out or the circuit is open."""
+        if not self.breaker.allow():
+            return None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                outcome = await self.storage.decide(specs)
+        except (StorageError, TimeoutError):
+            self.breaker.failure()
+            return None
+        except BaseException:
+            self.breaker.abandon()
+            raise
+        self.breaker.success()
+        return outcome
+
+    async def decide_locally(self, specs: Sequence[LimitSpec]) -> Outcome:
+        """Decide in this process with each limit shared among the live instances."""
+        n = self.live_instances
+        return await self.local.decide([local_share(s, n) for s in specs])
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.storage.ping()
+        except (StorageError, TimeoutError):
+            return False
+        return True
+
+    async def heartbeat_once(self) -> int:
+        """Report this instance alive; returns the live count (the last known on failure)."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                count = await self.storage.heartbeat(self.instance_id, HEARTBEAT_TTL_MS)
+        except (StorageError, TimeoutError):
+            return self.live_instances
+        self.live_instances = max(1, count)
+        return self.live_instances
+
+    def start_heartbeat(self) -> None:
+        """Heartbeat every second from now on (idempotent; needs a running loop)."""
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    async def aclose(self) -> None:
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.storage.aclose()
+        await self.local.aclose()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self.heartbeat_once()
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)

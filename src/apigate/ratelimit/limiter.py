@@ -1,0 +1,302 @@
+"""The rate limiter: one decision per request, the one entry point the data plane calls.
+
+Enforced limits of a request go to storage in ONE ``decide`` call (checked together, charged
+only if all allow). Shadow limits go in a second call made concurrently: they are counted on
+every request that reaches the limiter (also ones an enforced limit rejects) and never
+reject. Keys denied recently are answered from a local cache; storage is bounded by
+``storage.timeout_ms`` and guarded by a circuit breaker, after which ``storage.on_failure``
+applies (open: allow; closed: 503; local: this process enforces ``limit / live instances``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from apigate.config.model import Config, RateLimitPolicy
+from apigate.identity import Caller
+from apigate.ratelimit import headers as hdr
+from apigate.ratelimit.guard import StorageGuard
+from apigate.ratelimit.keys import CostError, request_cost, request_key, storage_key
+from apigate.ratelimit.overlimit import Denial
+from apigate.ratelimit.storage.base import Algorithm, LimitSpec, LimitState, Outcome, Storage
+
+FAILURE_RETRY_AFTER_S = 1
+_MAX_ADMIN_KEY = 512
+ALGORITHMS = {a.name.lower(): a for a in Algorithm}
+
+
+class UnknownPolicyError(LookupError):
+    """The admin API named a policy the current config does not have."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The limiter's answer for one request.
+
+    ``headers`` is complete (it includes ``Retry-After`` on 429/503); ``decision`` is a
+    bounded label for metrics: unlimited, allowed, shadow_limited, limited, limited_cached,
+    failure_open, failure_closed, local_allowed, local_limited, bad_request.
+    """
+
+    allowed: bool
+    status: int
+    decision: str
+    retry_after_s: int | None = None
+    headers: tuple[hdr.Header, ...] = ()
+    error: str | None = None
+    policy: str | None = None  # the limit that rejected, or the most restrictive one
+    shadow_limited: tuple[str, ...] = ()  # shadow policies that would have rejected
+
+
+_UNLIMITED = Verdict(True, 200, "unlimited")
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    name: str
+    policy: RateLimitPolicy
+    spec: LimitSpec
+
+
+class RateLimiter:
+    """Decides requests against the policies of one config snapshot."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        *,
+        instance_id: str,
+        clock: Callable[[], float] = time.monotonic,
+        _guard: StorageGuard | None = None,
+    ) -> None:
+        self._config = config
+        timeout_s = config.storage.timeout_ms / 1000
+        self._rt = _guard or StorageGuard(
+            storage, instance_id=instance_id, clock=clock, timeout_s=timeout_s
+        )
+        self._rt.timeout_s = timeout_s
+        self._policy_values: dict[tuple[str, ...], bytes] = {}
+
+    @property
+    def guard(self) -> StorageGuard:
+        """Breaker, caches and live-instance count (shared by every reload of this limiter)."""
+        return self._rt
+
+    def with_config(self, config: Config) -> RateLimiter:
+        """A limiter for a reloaded config: same storage, breaker and instance count."""
+        self._rt.cache.clear()  # denials were computed under the old limits
+        limiter = RateLimiter(
+            config, self._rt.storage, instance_id=self._rt.instance_id, _guard=self._rt
+        )
+        if self._rt.started:
+            limiter._ensure_heartbeat()
+        return limiter
+
+    async def start(self) -> None:
+        """Start the instance heartbeat when ``on_failure: local`` needs the live count."""
+        self._rt.started = True
+        self._ensure_heartbeat()
+
+    async def ping(self) -> bool:
+        return await self._rt.ping()
+
+    async def aclose(self) -> None:
+        await self._rt.aclose()
+
+    async def check(
+        self,
+        *,
+        route: str,
+        policy_names: Sequence[str],
+        caller: Caller,
+        headers: Mapping[str, str],
+    ) -> Verdict:
+        """Decide one request; ``headers`` has lower-case names."""
+        try:
+            planned = self._plan(route, policy_names, caller, headers)
+        except CostError as exc:
+            return Verdict(False, 400, "bad_request", error=str(exc))
+        if not planned:
+            return _UNLIMITED
+        real = [p for p in planned if not p.policy.shadow]
+        shadow = [p for p in planned if p.policy.shadow]
+        if not shadow:
+            return await self._enforce(real)
+        verdict, would_limit = await asyncio.gather(self._enforce(real), self._shadow(shadow))
+        if not would_limit:
+            return verdict
+        decision = "shadow_limited" if verdict.decision == "allowed" else verdict.decision
+        return replace(verdict, decision=decision, shadow_limited=would_limit)
+
+    def describe_policies(self) -> list[dict[str, object]]:
+        return [
+            {
+                "name": name,
+                "limit": p.limit,
+                "window_ms": p.window,
+                "algorithm": p.algorithm,
+                "burst": p.burst,
+                "key": p.key,
+                "cost": p.cost,
+                "shadow": p.shadow,
+            }
+            for name, p in sorted(self._config.rate_limits.items())
+        ]
+
+    async def usage(self, policy: str, key_value: str) -> dict[str, object]:
+        """What ``key_value`` (a rendered identity, see keys.py) has left under ``policy``."""
+        spec = self._admin_spec(policy, key_value)
+        async with asyncio.timeout(self._rt.timeout_s):
+            state = await self._rt.storage.peek(spec)
+        return {
+            "policy": policy,
+            "key": key_value,
+            "storage_key": spec.key,
+            "limit": spec.limit,
+            "window_ms": spec.window_ms,
+            "remaining": state.remaining,
+            "reset_ms": state.reset_ms,
+            "retry_after_ms": state.retry_after_ms,
+        }
+
+    async def reset(self, policy: str, key_value: str) -> None:
+        """Forget what ``key_value`` has spent under ``policy`` (storage and local caches)."""
+        spec = self._admin_spec(policy, key_value)
+        async with asyncio.timeout(self._rt.timeout_s):
+            await self._rt.storage.reset(spec)
+        self._rt.cache.forget(spec.key)
+        await self._rt.local.reset(spec)
+
+    # -- the request path -------------------------------------------------------------------
+
+    def _plan(
+        self, route: str, names: Sequence[str], caller: Caller, headers: Mapping[str, str]
+    ) -> list[_Planned]:
+        """Specs of the known policies in order, each once (unknown names are skipped)."""
+        config, out, seen = self._config, [], set()
+        for name in names:
+            policy = config.rate_limits.get(name)
+            if policy is None or name in seen:
+                continue
+            seen.add(name)
+            key = request_key(
+                key_prefix=config.storage.key_prefix, policy_name=name, policy=policy,
+                route=route, caller=caller, headers=headers,
+                ipv6_prefix=config.server.ipv6_prefix,
+            )
+            out.append(_Planned(name, policy, _spec(key, policy, request_cost(policy, headers))))
+        return out
+
+    async def _enforce(self, real: list[_Planned]) -> Verdict:
+        if not real:
+            return Verdict(True, 200, "allowed")
+        cached = self._cached_denial(real)
+        if cached is not None:
+            return cached
+        outcome = await self._rt.decide([p.spec for p in real])
+        if outcome is None:
+            return await self._on_failure(real)
+        return self._verdict(real, outcome, local=False)
+
+    async def _shadow(self, shadow: list[_Planned]) -> tuple[str, ...]:
+        outcome = await self._rt.decide([p.spec for p in shadow])
+        if outcome is None or outcome.allowed:
+            return ()
+        return tuple(p.name for p, s in zip(shadow, outcome.states, strict=True)
+                     if s.retry_after_ms > 0)
+
+    def _cached_denial(self, real: list[_Planned]) -> Verdict | None:
+        now = self._rt.clock()
+        for p in real:
+            denial = self._rt.cache.lookup(p.spec.key, p.spec.cost, now)
+            if denial is not None:
+                retry_ms = max(1, int((denial.until_s - now) * 1000))
+                state = LimitState(0, retry_ms, retry_ms)
+                return self._rejected([p], [state], p.name, retry_ms, "limited_cached")
+        return None
+
+    async def _on_failure(self, real: list[_Planned]) -> Verdict:
+        mode = self._config.storage.on_failure
+        if mode == "open":
+            return Verdict(True, 200, "failure_open", headers=self._headers(real, None))
+        if mode == "closed":
+            retry = FAILURE_RETRY_AFTER_S
+            return Verdict(
+                False, 503, "failure_closed", retry_after_s=retry,
+                headers=(*self._headers(real, None), (b"Retry-After", str(retry).encode())),
+                error="rate-limit storage unavailable",
+            )
+        outcome = await self._rt.decide_locally([p.spec for p in real])
+        return self._verdict(real, outcome, local=True)
+
+    def _verdict(self, real: list[_Planned], outcome: Outcome, *, local: bool) -> Verdict:
+        states = outcome.states
+        if outcome.allowed:
+            tightest = min(zip(real, states, strict=True), key=lambda ps: ps[1].remaining)
+            return Verdict(
+                True, 200, "local_allowed" if local else "allowed",
+                headers=self._headers(real, states), policy=tightest[0].name,
+            )
+        denied = [(p, s) for p, s in zip(real, states, strict=True) if s.retry_after_ms > 0]
+        retry_ms = max((s.retry_after_ms for _, s in denied), default=1000)
+        binding = max(denied, key=lambda ps: ps[1].retry_after_ms)[0] if denied else real[0]
+        if not local:
+            now = self._rt.clock()
+            for p, s in denied:
+                until = now + s.retry_after_ms / 1000
+                self._rt.cache.remember(p.spec.key, Denial(until, p.spec.cost, p.name))
+        decision = "local_limited" if local else "limited"
+        return self._rejected(real, states, binding.name, retry_ms, decision)
+
+    def _rejected(
+        self, real: Sequence[_Planned], states: Sequence[LimitState], policy: str,
+        retry_ms: int, decision: str,
+    ) -> Verdict:
+        retry_s = max(1, hdr.seconds_up(retry_ms))
+        headers = (*self._headers(real, states), (b"Retry-After", str(retry_s).encode()))
+        return Verdict(
+            False, 429, decision, retry_after_s=retry_s, headers=headers,
+            error="rate limit exceeded", policy=policy,
+        )
+
+    def _headers(
+        self, real: Sequence[_Planned], states: Sequence[LimitState] | None
+    ) -> tuple[hdr.Header, ...]:
+        mode = self._config.rate_limit_headers
+        if mode == "none":
+            return ()
+        quotas = [hdr.Quota(p.name, p.policy.limit, p.policy.window) for p in real]
+        names = tuple(p.name for p in real)
+        value = self._policy_values.get(names)
+        if value is None:
+            if len(self._policy_values) > 1024:  # bounded: policy sets come from config
+                self._policy_values.clear()
+            value = self._policy_values[names] = hdr.policy_value(quotas)
+        return tuple(hdr.render(mode, quotas, states, value))
+
+    # -- admin and lifecycle helpers ---------------------------------------------------------
+
+    def _admin_spec(self, policy_name: str, key_value: str) -> LimitSpec:
+        policy = self._config.rate_limits.get(policy_name)
+        if policy is None:
+            raise UnknownPolicyError(policy_name)
+        if not key_value or len(key_value) > _MAX_ADMIN_KEY or any(
+            c in "{}" or not c.isprintable() for c in key_value
+        ):
+            raise ValueError("key must be a rendered identity such as ip=203.0.113.7")
+        key = storage_key(self._config.storage.key_prefix, key_value, policy_name)
+        return _spec(key, policy, 1)
+
+    def _ensure_heartbeat(self) -> None:
+        if self._config.storage.on_failure == "local":
+            self._rt.start_heartbeat()
+
+
+def _spec(key: str, policy: RateLimitPolicy, cost: int) -> LimitSpec:
+    return LimitSpec(
+        key, ALGORITHMS[policy.algorithm], policy.limit, policy.window, policy.burst, cost
+    )

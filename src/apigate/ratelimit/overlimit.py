@@ -1,0 +1,53 @@
+"""Keys known to be over their limit, answered locally until their retry time has passed.
+
+A flood from one client then costs no storage round trip. An entry remembers the cost that
+was denied: a request of that cost or more on the same key is denied at least as long (every
+algorithm is monotone in cost), a cheaper one is asked of storage as usual.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+DEFAULT_MAX_KEYS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    until_s: float  # on the limiter's clock
+    cost: int
+    policy: str
+
+
+class OverLimitCache:
+    """A bounded LRU of ``storage key -> Denial``."""
+
+    def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self._max = max_keys
+        self._denials: OrderedDict[str, Denial] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._denials)
+
+    def remember(self, key: str, denial: Denial) -> None:
+        self._denials[key] = denial
+        self._denials.move_to_end(key)
+        while len(self._denials) > self._max:
+            self._denials.popitem(last=False)
+
+    def lookup(self, key: str, cost: int, now_s: float) -> Denial | None:
+        """The denial that still covers a request of ``cost`` on ``key`` at ``now_s``."""
+        denial = self._denials.get(key)
+        if denial is None:
+            return None
+        if denial.until_s <= now_s:
+            del self._denials[key]
+            return None
+        return denial if cost >= denial.cost else None
+
+    def forget(self, key: str) -> None:
+        self._denials.pop(key, None)
+
+    def clear(self) -> None:
+        self._denials.clear()
