@@ -6,9 +6,10 @@ memory storage calls these directly. Each function returns a :class:`Decision` a
 to store *if the caller charges*; on a denial (or a peek) the caller keeps the old state.
 
 ``remaining`` follows the Lua script: after the charge when the request is allowed, the
-untouched state when it is denied. Arithmetic is on integers (GCRA in "ms x limit" units), so
-a decision never flips on a floating-point rounding; the script uses doubles and can differ
-only at the last bit of a boundary.
+untouched state when it is denied or when ``peek`` is set (nothing will be charged).
+Arithmetic is on integers (GCRA in "ms x limit" units), so a decision never flips on a
+floating-point rounding; the script uses doubles and can differ only at the last bit of a
+boundary.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def window_index(now: int, window_ms: int) -> int:
     return now // window_ms
 
 
-def fixed_window(spec: LimitSpec, count: int, now: int) -> tuple[Decision, int]:
+def fixed_window(
+    spec: LimitSpec, count: int, now: int, *, peek: bool = False
+) -> tuple[Decision, int]:
     """Fixed window: ``count`` is what window ``now // W`` holds; returns the new count.
 
     Allows iff ``count + cost <= limit``; a denial must wait for the window to end.
@@ -49,12 +52,15 @@ def fixed_window(spec: LimitSpec, count: int, now: int) -> tuple[Decision, int]:
     w, limit = spec.window_ms, spec.limit
     reset = (now // w + 1) * w - now
     allowed = count + spec.cost <= limit
-    used = count + spec.cost if allowed else count
+    new_count = count + spec.cost if allowed else count
+    used = count if peek else new_count
     state = LimitState(max(0, limit - used), reset, 0 if allowed else reset)
-    return Decision(allowed, state, reset + TTL_SLACK_MS), used
+    return Decision(allowed, state, reset + TTL_SLACK_MS), new_count
 
 
-def sliding_window(spec: LimitSpec, prev: int, curr: int, now: int) -> tuple[Decision, int]:
+def sliding_window(
+    spec: LimitSpec, prev: int, curr: int, now: int, *, peek: bool = False
+) -> tuple[Decision, int]:
     """Two-window weighted counter; ``prev``/``curr`` count windows ``idx-1``/``idx``.
 
     The estimate is ``prev * (W - elapsed) / W + curr`` where ``elapsed`` is the time spent in
@@ -71,7 +77,7 @@ def sliding_window(spec: LimitSpec, prev: int, curr: int, now: int) -> tuple[Dec
     # Scaled by W so the comparison is exact: estimate * W = prev * (W - elapsed) + curr * W.
     est_w = prev * reset + curr * w
     allowed = est_w + spec.cost * w <= limit * w
-    used_w = est_w + spec.cost * w if allowed else est_w
+    used_w = est_w + spec.cost * w if allowed and not peek else est_w
     retry = 0 if allowed else _sliding_retry(spec, prev, curr, reset)
     state = LimitState(max(0, (limit * w - used_w) // w), reset, retry)
     new_curr = curr + spec.cost if allowed else curr
@@ -96,7 +102,9 @@ def _sliding_retry(spec: LimitSpec, prev: int, curr: int, reset: int) -> int:
     return min(cap, reset + max(0, w - room * w // curr))
 
 
-def sliding_log(spec: LimitSpec, log: Sequence[int], now: int) -> tuple[Decision, int]:
+def sliding_log(
+    spec: LimitSpec, log: Sequence[int], now: int, *, peek: bool = False
+) -> tuple[Decision, int]:
     """Exact sliding log; ``log`` holds one sorted timestamp per charged cost unit.
 
     Entries ``<= now - W`` have expired. Allows iff ``live + cost <= limit``. Returns how many
@@ -111,14 +119,17 @@ def sliding_log(spec: LimitSpec, log: Sequence[int], now: int) -> tuple[Decision
     if not allowed:
         need = live + spec.cost - limit
         retry = w if need > live else max(0, log[expired + need - 1] + w - now)
-    used = live + spec.cost if allowed else live
-    newest = now if allowed else (log[-1] if live else None)
+    charged = allowed and not peek
+    used = live + spec.cost if charged else live
+    newest = now if charged else (log[-1] if live else None)
     reset = 0 if newest is None else max(0, newest + w - now)
     state = LimitState(max(0, limit - used), reset, retry)
     return Decision(allowed, state, w + TTL_SLACK_MS), expired
 
 
-def token_bucket(spec: LimitSpec, tat: int | None, now: int) -> tuple[Decision, int]:
+def token_bucket(
+    spec: LimitSpec, tat: int | None, now: int, *, peek: bool = False
+) -> tuple[Decision, int]:
     """GCRA with ``limit + burst`` tokens refilled at ``limit`` per window.
 
     ``tat`` (theoretical arrival time) is kept scaled by ``limit`` -- stored value = tat_ms *
@@ -132,7 +143,7 @@ def token_bucket(spec: LimitSpec, tat: int | None, now: int) -> tuple[Decision, 
     new_tat = base + spec.cost * w
     tolerance = (limit + spec.burst) * w
     allowed = new_tat - now_s <= tolerance
-    after = new_tat if allowed else base
+    after = new_tat if allowed and not peek else base
     remaining = max(0, (tolerance - (after - now_s)) // w)
     retry = 0 if allowed else _ceil_div(new_tat - now_s - tolerance, limit)
     # reset_ms per the contract: max(tat, now) - now, tat as it was before this decision.

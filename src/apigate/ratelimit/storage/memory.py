@@ -94,7 +94,7 @@ class MemoryStorage(Storage):
 
     async def peek(self, spec: LimitSpec) -> LimitState:
         """The state for a request of ``spec.cost``; nothing is written."""
-        return self._check(spec, self._clock()).decision.state
+        return self._check(spec, self._clock(), peek=True).decision.state
 
     async def refund(self, specs: Sequence[LimitSpec]) -> None:
         """Undo a charge of ``cost`` made moments ago (the contract's refund mode)."""
@@ -147,18 +147,18 @@ class MemoryStorage(Storage):
             return None
         return entry
 
-    def _check(self, spec: LimitSpec, now: int) -> _Check:
+    def _check(self, spec: LimitSpec, now: int, *, peek: bool = False) -> _Check:
         entry = self._live(spec, now)
         if spec.algorithm is Algorithm.TOKEN_BUCKET:
-            decision, result = alg.token_bucket(spec, entry.tat if entry else None, now)
+            decision, result = alg.token_bucket(spec, entry.tat if entry else None, now, peek=peek)
         elif spec.algorithm is Algorithm.SLIDING_LOG:
-            decision, result = alg.sliding_log(spec, entry.log if entry else (), now)
+            decision, result = alg.sliding_log(spec, entry.log if entry else (), now, peek=peek)
         else:
             prev, curr = self._window_counts(spec, entry, now)
             if spec.algorithm is Algorithm.FIXED_WINDOW:
-                decision, result = alg.fixed_window(spec, curr, now)
+                decision, result = alg.fixed_window(spec, curr, now, peek=peek)
             else:
-                decision, result = alg.sliding_window(spec, prev, curr, now)
+                decision, result = alg.sliding_window(spec, prev, curr, now, peek=peek)
         return _Check(spec, entry, decision, result)
 
     @staticmethod
