@@ -1,0 +1,73 @@
+"""RFC 9110 / 9112 rules about what a request head *means*, on top of llhttp's syntax checks.
+
+llhttp already refuses CL with TE, duplicate or malformed Content-Length, TE lists that do not
+end in chunked, bad chunk framing, obs-fold and bad header bytes. What is left is ours.
+"""
+
+from __future__ import annotations
+
+from apigate.http.errors import HttpError
+
+_FORBIDDEN_VALUE_BYTES = (b"\r", b"\n", b"\x00")
+
+
+def check_host(headers: list[tuple[bytes, bytes]], version: str) -> bytes:
+    """RFC 9112 3.2: exactly one Host in HTTP/1.1 (at most one in 1.0); returns it or b""."""
+    hosts = [value for name, value in headers if name == b"host"]
+    if len(hosts) > 1:
+        raise HttpError(400, "more than one Host header", close=True)
+    if not hosts:
+        if version == "1.1":
+            raise HttpError(400, "missing Host header", close=True)
+        return b""
+    host = hosts[0].strip()
+    if b" " in host or b"/" in host or b"@" in host:
+        raise HttpError(400, "bad Host header", close=True)
+    return host
+
+
+def check_transfer_encoding(values: list[bytes], version: str) -> bool:
+    """Return True for a chunked body; refuse any other coding (RFC 9112 6.1).
+
+    llhttp has checked that a TE list ends in ``chunked``; a coding before it that we do not
+    implement is 501, and TE in an HTTP/1.0 request is faulty framing (400).
+    """
+    if not values:
+        return False
+    if version != "1.1":
+        raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request", close=True)
+    codings = [c.strip().lower() for v in values for c in v.split(b",")]
+    if codings != [b"chunked"]:
+        raise HttpError(501, "only Transfer-Encoding: chunked is supported", close=True)
+    return True
+
+
+def check_header_values(headers: list[tuple[bytes, bytes]]) -> None:
+    """CR, LF and NUL never reach a header value we forward (llhttp refuses most already)."""
+    for _, value in headers:
+        if any(b in value for b in _FORBIDDEN_VALUE_BYTES):
+            raise HttpError(400, "bad byte in header value", close=True)
+
+
+def split_target(method: str, target: bytes) -> tuple[bytes, bytes]:
+    """Split the request-target into (path, query); RFC 9112 3.2 forms.
+
+    ``b"/a?b=1"`` -> ``(b"/a", b"b=1")``; absolute-form ``b"http://h/a"`` -> ``(b"/a", b"")``.
+    """
+    if b"#" in target:
+        raise HttpError(400, "fragment in request-target", close=True)
+    if target == b"*":
+        if method != "OPTIONS":
+            raise HttpError(400, "asterisk-form is only for OPTIONS", close=True)
+        return b"*", b""
+    if not target.startswith(b"/"):
+        lowered = target[:8].lower()
+        if not lowered.startswith((b"http://", b"https://")):
+            raise HttpError(400, "bad request-target", close=True)
+        rest = target.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        target = rest[slash:] if slash >= 0 else b"/"
+        if b"?" in rest and (slash < 0 or rest.find(b"?") < slash):
+            target = b"/" + rest[rest.find(b"?") :]
+    path, _, query = target.partition(b"?")
+    return path, query

@@ -1,0 +1,53 @@
+"""One parsed request head, as the data plane sees it after the framing rules."""
+
+from __future__ import annotations
+
+from apigate.http.body import RequestBody
+
+
+class Request:
+    """A request whose head passed the framing rules; ``path`` is canonical."""
+
+    __slots__ = (
+        "body", "chunked", "content_length", "headers", "host", "keep_alive", "method", "path",
+        "query", "raw_path", "upgrade", "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        raw_path: bytes,
+        path: str,
+        query: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        host: bytes,
+        keep_alive: bool,
+        content_length: int | None,
+        chunked: bool,
+        upgrade: bool,
+        body: RequestBody | None,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.host = host
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
+        self.upgrade = upgrade
+        self.body = body
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a header, by lower-case name: ``header(b"user-agent")``."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key == name]

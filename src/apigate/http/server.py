@@ -1,0 +1,406 @@
+"""The client side of the data plane: an asyncio Protocol per connection, parsed by llhttp.
+
+Requests are answered in order (pipelining), one handler task at a time per connection; the
+body of the request being parsed streams into its :class:`RequestBody` while earlier ones are
+answered. Limits (head size, body size, head time, idle time) answer 431/413/408 or close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+
+from apigate.http.body import BodyAborted, RequestBody
+from apigate.http.errors import HttpError, error_body, status_line
+from apigate.http.framing import (
+    check_header_values,
+    check_host,
+    check_transfer_encoding,
+    split_target,
+)
+from apigate.http.request import Request
+from apigate.http.response import ResponseWriter
+from apigate.routing.canonical import BadPath, canonical_path
+
+log = logging.getLogger("apigate.http")
+
+MAX_PIPELINE = 16
+_HEAD_SLACK = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_bytes: int
+    max_body_bytes: int
+    header_timeout_s: float
+    keepalive_timeout_s: float
+    max_connections: int
+
+
+Handler = Callable[[Request, ResponseWriter, "HttpConnection"], Awaitable[None]]
+
+
+class ConnectionTracker:
+    """The live connections of one listener, for ``max_connections`` and draining."""
+
+    def __init__(self, limits: Limits, handler: Handler) -> None:
+        self.limits = limits
+        self.handler = handler
+        self.connections: set[HttpConnection] = set()
+        self.draining = False  # answer with Connection: close and close idle connections
+        self.on_open: Callable[[], None] | None = None
+        self.on_close: Callable[[], None] | None = None
+
+    def idle_connections(self) -> list[HttpConnection]:
+        return [c for c in self.connections if c.is_idle()]
+
+    def busy(self) -> int:
+        return sum(1 for c in self.connections if not c.is_idle())
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, tracker: ConnectionTracker) -> None:
+        self._tracker = tracker
+        self._limits = tracker.limits
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self._queue: deque[tuple[Request, ResponseWriter]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.on_writable: Callable[[], None] | None = None
+        # parse state of the request whose head or body is arriving
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._parsing: Request | None = None
+        self._upgrade_data: bytearray | None = None
+        self.tunnel: Callable[[bytes], None] | None = None
+        self._deadline = 0.0
+        self._deadline_kind = ""
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        tracker = self._tracker
+        if len(tracker.connections) >= self._limits.max_connections:
+            body = error_body("too many connections", "-")
+            transport.write(
+                status_line("1.1", 503)
+                + b"content-type: application/json\r\nconnection: close\r\n"
+                + b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            transport.close()
+            self._closing = True
+            return
+        tracker.connections.add(self)
+        if tracker.on_open is not None:
+            tracker.on_open()
+        self._arm(self._limits.header_timeout_s, "header")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closing and self not in self._tracker.connections:
+            return
+        self._closing = True
+        self._tracker.connections.discard(self)
+        if self._tracker.on_close is not None:
+            self._tracker.on_close()
+        if self._timer is not None:
+            self._timer.cancel()
+        for request, _ in self._queue:
+            if request.body is not None:
+                request.body.fail(BodyAborted())
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._wake_drain()
+        if self.tunnel_closed is not None:
+            self.tunnel_closed()
+
+    tunnel_closed: Callable[[], None] | None = None
+
+    def is_idle(self) -> bool:
+        return not self._queue and not self._in_head
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._closing = True
+
+    # -- flow control ---------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self._closing:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_drain()
+        if self.on_writable is not None:
+            self.on_writable()
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused
+
+    def _wake_drain(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self._writing_paused and not self._closing:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.write(data)
+
+    def send_continue(self) -> None:
+        """Answer ``Expect: 100-continue`` once the handler starts reading the body."""
+        if self._queue:
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    # -- timers (one lazily re-armed handle per connection) ---------------------------------
+
+    def _arm(self, seconds: float, kind: str) -> None:
+        self._deadline = self._loop.time() + seconds
+        self._deadline_kind = kind
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+
+    def _disarm(self) -> None:
+        self._deadline_kind = ""
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closing or not self._deadline_kind:
+            return
+        now = self._loop.time()
+        if now < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        if self._deadline_kind == "header" and not self._queue and self._head_bytes:
+            self._reject(HttpError(408, "request head not received in time", close=True))
+        else:
+            self.close()
+
+    # -- parsing --------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel(data)
+            return
+        if self._upgrade_data is not None:
+            self._upgrade_data += data
+            return
+        if self._closing:
+            return
+        if not self._in_head and not self._queue:
+            self._arm(self._limits.header_timeout_s, "header")
+        try:
+            self._parser.feed_data(data)
+        except HttpError as exc:
+            self._reject(exc)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_data = bytearray(data[exc.args[0] :])
+        except httptools.HttpParserError as exc:
+            status = 501 if "Transfer-Encoding" in str(exc) and "chunked" not in str(exc) else 400
+            self._reject(HttpError(status, f"malformed request: {exc}", close=True))
+        else:
+            if self._in_head:
+                self._head_bytes += len(data)
+                if self._head_bytes > self._limits.max_header_bytes + _HEAD_SLACK:
+                    self._reject(HttpError(431, "request head too large", close=True))
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        if not self._queue:
+            self._arm(self._limits.header_timeout_s, "header")
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field: dropped (RFC 9110 6.5.1 lets a proxy discard them)
+        self._headers.append((name.lower(), value))
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise HttpError(431, "request head too large", close=True)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        request = self._build_request()
+        self._parsing = request
+        writer = ResponseWriter(self, request)
+        self._queue.append((request, writer))
+        if len(self._queue) >= MAX_PIPELINE:
+            self.pause_reading()
+        if len(self._queue) == 1:
+            self._start_next()
+
+    def _build_request(self) -> Request:
+        parser = self._parser
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise HttpError(505, "HTTP version not supported", close=True)
+        headers = self._headers
+        check_header_values(headers)
+        host = check_host(headers, version)
+        chunked = check_transfer_encoding(
+            [v for n, v in headers if n == b"transfer-encoding"], version
+        )
+        if method == "CONNECT":
+            raise HttpError(405, "CONNECT is not supported", close=True)
+        raw_path, query = split_target(method, self._url)
+        try:
+            path = raw_path.decode("ascii") if raw_path == b"*" else canonical_path(raw_path)
+        except BadPath as exc:
+            raise HttpError(400, f"bad path: {exc}", close=True) from None
+        content_length = None
+        if not chunked:
+            for name, value in headers:
+                if name == b"content-length":
+                    content_length = int(value)
+        if content_length is not None and content_length > self._limits.max_body_bytes:
+            raise HttpError(413, "request body too large", close=True)
+        has_body = chunked or bool(content_length)
+        expect = next((v for n, v in headers if n == b"expect"), None)
+        if expect is not None and expect.lower() != b"100-continue":
+            raise HttpError(417, "unsupported Expect", close=True)
+        body = None
+        if has_body:
+            body = RequestBody(
+                self,
+                limit=self._limits.max_body_bytes,
+                expect_continue=expect is not None and version == "1.1",
+            )
+        return Request(
+            method=method,
+            raw_path=raw_path,
+            path=path,
+            query=query,
+            version=version,
+            headers=headers,
+            host=host,
+            keep_alive=parser.should_keep_alive(),
+            content_length=content_length,
+            chunked=chunked,
+            upgrade=parser.should_upgrade(),
+            body=body,
+        )
+
+    def on_body(self, chunk: bytes) -> None:
+        if self._parsing is not None and self._parsing.body is not None:
+            self._parsing.body.feed(chunk)
+
+    def on_message_complete(self) -> None:
+        if self._parsing is not None and self._parsing.body is not None:
+            self._parsing.body.finish()
+        self._parsing = None
+
+    # -- serving --------------------------------------------------------------------------
+
+    def _start_next(self) -> None:
+        request, writer = self._queue[0]
+        self._disarm()
+        if self._tracker.draining:
+            writer.close = True
+        self._task = self._loop.create_task(self._serve(request, writer))
+
+    async def _serve(self, request: Request, writer: ResponseWriter) -> None:
+        try:
+            await self._tracker.handler(request, writer, self)
+        except asyncio.CancelledError:
+            self.close()
+            return
+        except Exception:
+            log.exception("request handling failed")
+            if not writer.started:
+                writer.send_error(500, "internal error", "-", close=True)
+            else:
+                self.close()
+        self._finish(writer)
+
+    def _finish(self, writer: ResponseWriter) -> None:
+        self._queue.popleft()
+        if writer.close or self._closing or not writer.started:
+            self.close()
+            return
+        if self._reading_paused and len(self._queue) < MAX_PIPELINE:
+            self.resume_reading()
+        if self._queue:
+            self._start_next()
+        elif self._in_head:
+            self._arm(self._limits.header_timeout_s, "header")
+        else:
+            self._arm(self._limits.keepalive_timeout_s, "idle")
+
+    def _reject(self, error: HttpError) -> None:
+        """Answer a framing or limit error for the request being parsed, then close."""
+        self._in_head = False
+        if self._parsing is not None and self._parsing.body is not None:
+            self._parsing.body.fail(error)
+            if self._queue and self._queue[0][0] is self._parsing and not self._queue[0][1].started:
+                self._closing_after_queue(error)
+                return
+        if not self._queue:
+            body = error_body(error.message, "-")
+            self.write(
+                status_line("1.1", error.status)
+                + b"content-type: application/json\r\nconnection: close\r\n"
+                + b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            self.close()
+        else:
+            self._closing_after_queue(error)
+
+    def _closing_after_queue(self, error: HttpError) -> None:
+        """Earlier requests are still being answered: stop reading, let them finish, close."""
+        self.pause_reading()
+        for _, writer in self._queue:
+            writer.close = True
+
+    def take_upgrade_data(self) -> bytes:
+        """Bytes the client sent after an Upgrade request's head; tunnel mode starts now."""
+        data = bytes(self._upgrade_data or b"")
+        self._upgrade_data = None
+        return data

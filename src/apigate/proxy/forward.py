@@ -1,0 +1,236 @@
+"""Forward one request to an upstream and stream the response back, with retries and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from apigate.http.body import BodyAborted, BodyTooLarge, RequestBody
+from apigate.http.errors import HttpError
+from apigate.http.request import Request
+from apigate.http.response import ResponseWriter
+from apigate.http.server import HttpConnection
+from apigate.proxy.connection import Exchange, ResponseHead, UpstreamConnection, UpstreamError
+from apigate.proxy.headers import end_to_end
+from apigate.proxy.upstream import Target, Upstream
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Added by the gateway itself; a client-sent copy is never passed on.
+GATEWAY_REQUEST_HEADERS = frozenset(
+    {
+        b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+        b"x-forwarded-host", b"x-request-id", b"x-consumer", b"host",
+    }
+)
+_RESPONSE_DROP = frozenset({b"content-length", b"x-request-id"})
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """What the gateway decided to send upstream besides the client's own headers."""
+
+    path: str
+    headers: list[tuple[bytes, bytes]]  # x-forwarded-*, x-request-id, x-consumer
+    drop: frozenset[bytes]  # credential headers to strip, on top of the gateway's own
+    response_headers: list[tuple[bytes, bytes]]  # x-request-id, rate-limit headers
+
+
+class ForwardFailed(HttpError):
+    """A proxied request failed; ``kind`` feeds the upstream error metric."""
+
+    def __init__(self, status: int, message: str, kind: str) -> None:
+        super().__init__(status, message)
+        self.kind = kind
+
+
+def _request_head(request: Request, outbound: Outbound, target: Target) -> bytes:
+    target_bytes = outbound.path.encode()
+    if request.query:
+        target_bytes += b"?" + request.query
+    host = request.host or target.host_header
+    lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (request.method.encode(), target_bytes, host)]
+    lines.extend(b"%s: %s\r\n" % h for h in end_to_end(request.headers, outbound.drop))
+    lines.extend(b"%s: %s\r\n" % h for h in outbound.headers)
+    if request.upgrade:
+        lines.append(b"connection: upgrade\r\nupgrade: %s\r\n" % (request.header(b"upgrade") or b""))
+    if request.chunked:
+        lines.append(b"transfer-encoding: chunked\r\n")
+    elif request.content_length is not None:
+        lines.append(b"content-length: %d\r\n" % request.content_length)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+async def _send_body(body: RequestBody, conn: UpstreamConnection, chunked: bool) -> None:
+    while chunk := await body.read():
+        conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+        await conn.drain()
+    if chunked:
+        conn.write(b"0\r\n\r\n")
+
+
+async def _await_idle(future: asyncio.Future[None], conn: UpstreamConnection, seconds: float) -> None:
+    """Wait for ``future`` while the upstream keeps sending; fail after ``seconds`` of silence."""
+    loop = asyncio.get_running_loop()
+    while not future.done():
+        try:
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(future)
+        except TimeoutError:
+            if loop.time() - conn.last_data >= seconds:
+                raise UpstreamError("timeout", "upstream read timed out") from None
+    future.result()
+
+
+class Forwarder:
+    """Forwards requests of one route's upstream; stateless apart from the upstream."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+
+    async def forward(
+        self, request: Request, writer: ResponseWriter, client: HttpConnection, outbound: Outbound
+    ) -> str:
+        """Proxy the request; return the target URL used. Raises ForwardFailed before a reply."""
+        upstream = self.upstream
+        config = upstream.config
+        tried: tuple[Target, ...] = ()
+        retriable = request.method in IDEMPOTENT
+        attempts = 1 + (config.retries if retriable else 0)
+        stale_retry = retriable
+        while True:
+            target = upstream.pick(exclude=tried)
+            if target is None:
+                raise ForwardFailed(503, "no healthy upstream target", "ejected")
+            tried += (target,)
+            try:
+                conn, reused = await upstream.connect(target)
+            except UpstreamError as exc:
+                upstream.record_failure(target)
+                attempts -= 1
+                if attempts > 0 and (request.body is None or request.body.received == 0):
+                    continue
+                raise ForwardFailed(502, str(exc), exc.kind) from None
+            target.active += 1
+            try:
+                head, exchange = await self._exchange(request, conn, target, outbound)
+            except UpstreamError as exc:
+                conn.close()
+                if reused and exc.kind == "reset" and stale_retry and not writer.started:
+                    stale_retry = False  # a pooled connection the upstream had closed
+                    tried = tried[:-1]
+                    continue
+                upstream.record_failure(target)
+                status = 504 if exc.kind == "timeout" else 502
+                raise ForwardFailed(status, str(exc), exc.kind) from None
+            finally:
+                target.active -= 1
+            upstream.record_success(target)
+            await self._relay(request, writer, client, conn, target, head, exchange, outbound)
+            return target.url
+
+    async def _exchange(
+        self, request: Request, conn: UpstreamConnection, target: Target, outbound: Outbound
+    ) -> tuple[ResponseHead, Exchange]:
+        exchange = conn.begin(head_only=request.method == "HEAD")
+        conn.write(_request_head(request, outbound, target))
+        sender: asyncio.Task[None] | None = None
+        if request.body is not None:
+            sender = asyncio.get_running_loop().create_task(
+                _send_body(request.body, conn, request.chunked)
+            )
+        try:
+            async with asyncio.timeout(self.upstream.config.read_timeout_s):
+                if sender is not None:
+                    await asyncio.wait((sender, exchange.head), return_when=asyncio.FIRST_COMPLETED)
+                    if sender.done() and sender.exception() is not None:
+                        raise sender.exception()  # type: ignore[misc]
+                head = await exchange.head
+        except TimeoutError:
+            raise UpstreamError("timeout", "upstream did not answer in time") from None
+        except (BodyTooLarge, BodyAborted):
+            conn.close()
+            raise
+        finally:
+            if sender is not None and not sender.done():
+                # The upstream answered before reading the whole body: stop sending.
+                sender.cancel()
+                conn.reusable = False
+        return head, exchange
+
+    async def _relay(
+        self,
+        request: Request,
+        writer: ResponseWriter,
+        client: HttpConnection,
+        conn: UpstreamConnection,
+        target: Target,
+        head: ResponseHead,
+        exchange: Exchange,
+        outbound: Outbound,
+    ) -> None:
+        headers = end_to_end(head.headers, _RESPONSE_DROP)
+        headers.extend(outbound.response_headers)
+        if head.status == 101 and request.upgrade:
+            headers.append((b"upgrade", _header(head.headers, b"upgrade")))
+            writer.start(101, headers, content_length=None, upgrade=True)
+            await _tunnel(client, conn, exchange)
+            return
+        length = None if exchange.body_until_eof or head.status == 101 else head.content_length
+        if head.content_length is None and request.method == "HEAD":
+            length = None
+        writer.start(head.status, headers, content_length=length)
+        if head.status == 101:
+            writer.close = True  # a 101 the client did not ask for: nothing sane follows
+        client.on_writable = conn.resume_reading
+
+        def sink(chunk: bytes) -> None:
+            writer.write(chunk)
+            if client.writing_paused:
+                conn.pause_reading()
+
+        exchange.set_sink(sink)
+        try:
+            await _await_idle(exchange.done, conn, self.upstream.config.read_timeout_s)
+        except UpstreamError:
+            conn.close()
+            writer.close = True  # the response is cut short; the client sees the close
+            return
+        finally:
+            client.on_writable = None
+        writer.end()
+        if request.body is not None and not request.body.complete:
+            conn.reusable = False
+        self.upstream.release(target, conn)
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    return next((v for n, v in headers if n == name), b"")
+
+
+async def _tunnel(client: HttpConnection, conn: UpstreamConnection, exchange: Exchange) -> None:
+    """Splice bytes both ways after 101 until either side closes."""
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+
+    def close_both() -> None:
+        if not closed.done():
+            closed.set_result(None)
+
+    for chunk in exchange.buffered:
+        client.write(chunk)
+    exchange.buffered.clear()
+    conn.tunnel = client.write
+    client.tunnel = conn.write
+    early = client.take_upgrade_data()
+    if early:
+        conn.write(early)
+    client.tunnel_closed = close_both
+    conn.on_lost = close_both
+    if conn.closed:
+        close_both()
+    with contextlib.suppress(asyncio.CancelledError):
+        await closed
+    conn.close()
+    client.close()

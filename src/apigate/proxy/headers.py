@@ -1,0 +1,38 @@
+"""Header rules at the proxy boundary: hop-by-hop removal (RFC 9110 7.6.1) in both directions."""
+
+from __future__ import annotations
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+        b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
+    }
+)
+
+
+def connection_listed(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Names listed in every ``Connection`` header, lower-cased: they are hop-by-hop too."""
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            listed.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(listed)
+
+
+def end_to_end(
+    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """The headers a proxy may pass on: no hop-by-hop, nothing ``Connection`` names, no ``drop``.
+
+    ``end_to_end([(b"connection", b"X-A"), (b"x-a", b"1"), (b"accept", b"*/*")], frozenset())``
+    -> ``[(b"accept", b"*/*")]``.
+    """
+    listed = connection_listed(headers) if any(n == b"connection" for n, _ in headers) else ()
+    return [
+        (name, value)
+        for name, value in headers
+        if name not in HOP_BY_HOP
+        and name not in drop
+        and name not in listed
+        and not name.startswith(b"proxy-")
+    ]

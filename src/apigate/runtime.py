@@ -1,0 +1,109 @@
+"""The composition root: one immutable :class:`Runtime` snapshot built from one Config.
+
+A reload builds a new snapshot from the new config, reusing what did not change (the storage
+connection and breaker, upstream pools of identical upstreams), and swaps it in one assignment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from apigate.auth import Authenticator, AuthError
+from apigate.auth.consumers import ConsumerDirectory
+from apigate.config.model import Config, RouteConfig
+from apigate.http.errors import HttpError
+from apigate.identity import Caller
+from apigate.observability.access_log import AccessLog, NullAccessLog
+from apigate.observability.metrics import MetricsSink
+from apigate.proxy.client_ip import TrustedProxies
+from apigate.proxy.forward import Forwarder
+from apigate.proxy.upstream import Upstream
+from apigate.ratelimit import RateLimiter, build_storage
+from apigate.routing.router import Router
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything a request needs, from one config."""
+
+    config: Config
+    router: Router
+    upstreams: Mapping[str, Upstream]
+    forwarders: Mapping[str, Forwarder]
+    trusted: TrustedProxies
+    limiter: RateLimiter
+    auth: Authenticator
+    metrics: MetricsSink
+    access_log: AccessLog | NullAccessLog
+    consumer_limits: bool
+
+    async def authenticate(
+        self, route: RouteConfig, headers: Mapping[str, str], query: bytes, client_ip: str
+    ) -> Caller:
+        try:
+            return await self.auth.authenticate(
+                route, headers, query.decode("latin-1"), client_ip
+            )
+        except AuthError as exc:
+            extra = ((b"www-authenticate", exc.www_authenticate.encode()),) if exc.www_authenticate else ()
+            raise HttpError(exc.status, exc.message, headers=extra) from None
+
+    def credential_headers(self, route: RouteConfig) -> frozenset[bytes]:
+        if route.auth == "none" or route.forward_credentials:
+            return frozenset()
+        return frozenset(name.encode() for name in self.auth.credential_headers(route))
+
+    def policies_for(self, route: RouteConfig, caller: Caller) -> tuple[str, ...]:
+        """The route's limits, then the consumer's (each policy once)."""
+        if caller.consumer is None or not self.consumer_limits:
+            return route.rate_limits
+        extra = tuple(
+            p for p in self.auth.consumer_policies(caller.consumer) if p not in route.rate_limits
+        )
+        return route.rate_limits + extra if extra else route.rate_limits
+
+
+def build_runtime(
+    config: Config,
+    *,
+    metrics: MetricsSink,
+    instance_id: str,
+    previous: Runtime | None = None,
+) -> Runtime:
+    """Build a snapshot; with ``previous``, reuse its storage and unchanged upstream pools."""
+    if previous is not None and previous.config.storage == config.storage:
+        limiter = previous.limiter.with_config(config)
+        auth = previous.auth.with_config(config)
+    else:
+        limiter = RateLimiter(config, build_storage(config.storage), instance_id=instance_id)
+        auth = Authenticator(config, ConsumerDirectory.from_config(config))
+    upstreams: dict[str, Upstream] = {}
+    for name, upstream_config in config.upstreams.items():
+        old = previous.upstreams.get(name) if previous is not None else None
+        if old is not None and old.config == upstream_config:
+            upstreams[name] = old
+        else:
+            upstreams[name] = Upstream(name, upstream_config)
+    access_log: AccessLog | NullAccessLog = (
+        AccessLog() if config.observability.access_log else NullAccessLog()
+    )
+    consumer_limits = bool(config.consumers) or auth.directory.redis_available
+    return Runtime(
+        config=config,
+        router=Router(config.routes),
+        upstreams=upstreams,
+        forwarders={name: Forwarder(u) for name, u in upstreams.items()},
+        trusted=TrustedProxies(config.server.trusted_proxies),
+        limiter=limiter,
+        auth=auth,
+        metrics=metrics,
+        access_log=access_log,
+        consumer_limits=consumer_limits,
+    )
+
+
+def retired_upstreams(old: Runtime, new: Runtime) -> list[Upstream]:
+    """Upstreams of ``old`` that ``new`` no longer uses: close their pools after the drain."""
+    kept = {id(u) for u in new.upstreams.values()}
+    return [u for u in old.upstreams.values() if id(u) not in kept]
