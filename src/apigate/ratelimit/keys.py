@@ -24,6 +24,7 @@ than 64 characters is replaced by ``sha256-<hex>`` of the raw value.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -53,6 +54,7 @@ def escape_value(value: str) -> str:
     return "sha256-" + hashlib.sha256(raw).hexdigest()
 
 
+@functools.lru_cache(maxsize=16_384)  # parsing an address costs more than the rest of a key
 def mask_ip(address: str, ipv6_prefix: int = 64) -> str:
     """The client address as keyed: ``"2001:db8::1"`` -> ``"2001:db8::/64"``.
 
