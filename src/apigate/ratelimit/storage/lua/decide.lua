@@ -3,21 +3,31 @@
 -- KEYS[i]  = spec i's key (all keys share one {hash tag}); suffixes used per algorithm:
 --            fixed_window   <key>:<idx>                  idx = floor(now / W)
 --            sliding_window <key>:<idx>, <key>:<idx-1>
---            sliding_log    <key>:log (zset), <key>:seq (member counter)
---            token_bucket   <key>:tat
--- ARGV     = n, then per spec: algorithm, limit, window_ms, burst, cost, then the mode:
+--            sliding_log    <key>:log (zset; member "<now>:<n>" with n zero-padded)
+--            token_bucket   <key>:tat (float ms, "%.17g")
+-- ARGV     = n, then per spec: algorithm (1..4), limit, window_ms, burst, cost, then the mode:
 --            0 decide: check all; charge all iff all allow
 --            1 peek:   check all; write nothing
---            2 refund: undo a charge of `cost` made moments ago
+--            2 refund: undo a charge of `cost` made moments ago, then answer as peek
 --            3 reset:  delete every key of every spec (apigate extension, used by reset())
 -- Returns  {allowed, then per spec: remaining, reset_ms, retry_after_ms}.
 --
--- Time comes from the Redis server (TIME), in ms. Every key written gets its TTL here.
--- `remaining` describes what is charged: after the charge when the request was charged,
--- the untouched state otherwise (deny, peek). retry_after_ms is 0 for a spec that allowed.
+-- Time comes from the Redis server (TIME), in ms. Every key written gets its TTL in the same
+-- command (SET PX) or right after it in this script (ZADD + PEXPIRE). `remaining` describes
+-- what is charged: after the charge when the request was charged, the untouched state
+-- otherwise (deny, peek). retry_after_ms is 0 for a spec that allowed.
+-- The script body runs on every call, so it avoids closures and redis.call()s it can spare:
+-- each redis.call costs about as much as the rest of the script.
 
 local FIXED, SLIDING, LOG, TOKEN = 1, 2, 3, 4
 local DECIDE, PEEK, REFUND, RESET = 0, 1, 2, 3
+
+local n = tonumber(ARGV[1])
+local mode = n and tonumber(ARGV[2 + 5 * n])
+if not n or n < 1 or n ~= #KEYS or #ARGV ~= 2 + 5 * n or not mode or mode < DECIDE
+    or mode > RESET then
+  return redis.error_reply('ERR apigate decide: bad arguments')
+end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -26,226 +36,157 @@ local function win_key(key, idx)
   return key .. ':' .. string.format('%d', idx)
 end
 
-local function nonneg(x)
-  if x < 0 then return 0 end
-  return x
-end
-
--- Each checker returns a table: ok (bool), retry (ms, when not ok), and what its
--- state() / charge() need.
-
-local function check_fixed(s)
-  local idx = math.floor(now / s.w)
-  local key = win_key(s.key, idx)
-  local count = tonumber(redis.call('GET', key) or '0')
-  local reset = (idx + 1) * s.w - now
-  local ok = count + s.cost <= s.limit
-  return {ok = ok, retry = reset, key = key, count = count, reset = reset}
-end
-
-local function state_fixed(s, c, charged)
-  local used = c.count
-  if charged then used = used + s.cost end
-  return nonneg(s.limit - used), c.reset
-end
-
-local function charge_fixed(s, c)
-  redis.call('INCRBY', c.key, s.cost)
-  redis.call('PEXPIRE', c.key, c.reset + 1000)
-end
-
--- Smallest t >= 0 with est(now + t) + cost <= limit, assuming no other charge; capped at
--- reset + W (where the current window has fully slid out).
-local function sliding_retry(s, prev, curr, elapsed, reset)
-  local cap = reset + s.w
-  local room = s.limit - s.cost
+-- Smallest t >= 0 with est(now + t) + cost <= limit for a sliding window, assuming no other
+-- charge; capped at reset + W (where the current window has fully slid out).
+local function sliding_retry(limit, w, cost, prev, curr, elapsed, reset)
+  local cap = reset + w
+  local room = limit - cost
   if room < 0 then return cap end
   if prev > 0 and room - curr >= 0 then
-    return math.ceil((s.w - elapsed) - (room - curr) * s.w / prev)
+    return math.ceil((w - elapsed) - (room - curr) * w / prev)
   end
   if curr == 0 then return reset end
-  local into = s.w - room * s.w / curr
+  local into = w - room * w / curr
   if into < 0 then into = 0 end
-  local r = math.ceil(reset + into)
-  if r > cap then return cap end
-  return r
+  return math.min(math.ceil(reset + into), cap)
 end
 
-local function check_sliding(s)
-  local idx = math.floor(now / s.w)
-  local key = win_key(s.key, idx)
-  local curr = tonumber(redis.call('GET', key) or '0')
-  local prev = tonumber(redis.call('GET', win_key(s.key, idx - 1)) or '0')
-  local elapsed = now - idx * s.w
-  local est = prev * (s.w - elapsed) / s.w + curr
-  local reset = (idx + 1) * s.w - now
-  local ok = est + s.cost <= s.limit
-  local retry = 0
-  if not ok then retry = sliding_retry(s, prev, curr, elapsed, reset) end
-  return {ok = ok, retry = retry, key = key, est = est, reset = reset}
-end
-
-local function state_sliding(s, c, charged)
-  local used = c.est
-  if charged then used = used + s.cost end
-  return nonneg(math.floor(s.limit - used)), c.reset
-end
-
-local function charge_sliding(s, c)
-  redis.call('INCRBY', c.key, s.cost)
-  redis.call('PEXPIRE', c.key, 2 * s.w + 1000)
-end
-
-local function check_log(s)
-  local key = s.key .. ':log'
-  local floor_ = now - s.w
-  local card = redis.call('ZCOUNT', key, '(' .. floor_, '+inf')
-  local ok = card + s.cost <= s.limit
-  local retry = 0
-  if not ok then
-    local need = card + s.cost - s.limit
-    if need > card then
-      retry = s.w
-    else
-      local oldest = redis.call('ZRANGEBYSCORE', key, '(' .. floor_, '+inf',
-        'WITHSCORES', 'LIMIT', need - 1, 1)
-      retry = nonneg(tonumber(oldest[2]) + s.w - now)
-    end
-  end
-  return {ok = ok, retry = retry, key = key, card = card}
-end
-
-local function state_log(s, c, charged)
-  local used = c.card
-  local newest
-  if charged then
-    used = used + s.cost
-    newest = now
-  elseif c.card > 0 then
-    newest = tonumber(redis.call('ZRANGE', c.key, -1, -1, 'WITHSCORES')[2])
-  end
-  local reset = 0
-  if newest then reset = nonneg(newest + s.w - now) end
-  return nonneg(s.limit - used), reset
-end
-
-local function charge_log(s, c)
-  local seq_key = s.key .. ':seq'
-  local last = redis.call('INCRBY', seq_key, s.cost)
-  redis.call('PEXPIRE', seq_key, s.w + 1000)
-  redis.call('ZREMRANGEBYSCORE', c.key, '-inf', now - s.w)
-  if s.cost == 0 then return end
-  local args = {}
-  for i = s.cost - 1, 0, -1 do
-    args[#args + 1] = now
-    args[#args + 1] = now .. ':' .. (last - i)
-  end
-  redis.call('ZADD', c.key, unpack(args))
-  redis.call('PEXPIRE', c.key, s.w + 1000)
-end
-
-local function check_token(s)
-  local key = s.key .. ':tat'
-  local per = s.w / s.limit
-  local tolerance = (s.limit + s.burst) * per
-  local tat = tonumber(redis.call('GET', key) or now)
-  local base = math.max(tat, now)
-  local new_tat = base + s.cost * per
-  local ok = new_tat - now <= tolerance
-  local retry = 0
-  if not ok then retry = math.ceil((new_tat - now) - tolerance) end
-  return {ok = ok, retry = retry, key = key, per = per, tolerance = tolerance,
-          base = base, new_tat = new_tat}
-end
-
-local function state_token(s, c, charged)
-  local after = c.base
-  if charged then after = c.new_tat end
-  local remaining = math.floor((c.tolerance - (after - now)) / c.per)
-  return nonneg(remaining), math.ceil(c.base - now)
-end
-
-local function charge_token(s, c)
-  redis.call('SET', c.key, string.format('%.17g', c.new_tat),
-    'PX', math.ceil(c.new_tat - now) + 1000)
-end
-
-local CHECK = {[FIXED] = check_fixed, [SLIDING] = check_sliding, [LOG] = check_log,
-               [TOKEN] = check_token}
-local STATE = {[FIXED] = state_fixed, [SLIDING] = state_sliding, [LOG] = state_log,
-               [TOKEN] = state_token}
-local CHARGE = {[FIXED] = charge_fixed, [SLIDING] = charge_sliding, [LOG] = charge_log,
-                [TOKEN] = charge_token}
-
-local function refund(s)
-  if s.alg == FIXED or s.alg == SLIDING then
-    local key = win_key(s.key, math.floor(now / s.w))
-    local count = tonumber(redis.call('GET', key))
-    if count and count >= s.cost then redis.call('DECRBY', key, s.cost) end
-  elseif s.alg == LOG then
-    redis.call('ZPOPMAX', s.key .. ':log', s.cost)
+local function refund(key, alg, limit, w, cost)
+  if alg == FIXED or alg == SLIDING then
+    local wkey = win_key(key, math.floor(now / w))
+    local count = tonumber(redis.call('GET', wkey))
+    if count and count >= cost then redis.call('DECRBY', wkey, cost) end
+  elseif alg == LOG then
+    if cost > 0 then redis.call('ZPOPMAX', key .. ':log', cost) end
   else
-    local key = s.key .. ':tat'
-    local tat = tonumber(redis.call('GET', key))
+    local tkey = key .. ':tat'
+    local tat = tonumber(redis.call('GET', tkey))
     if tat then
-      tat = tat - s.cost * s.w / s.limit
+      tat = tat - cost * w / limit
       if tat <= now then
-        redis.call('DEL', key)
+        redis.call('DEL', tkey)
       else
-        redis.call('SET', key, string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1000)
+        redis.call('SET', tkey, string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1000)
       end
     end
   end
 end
 
-local function reset(s)
-  local idx = math.floor(now / s.w)
-  redis.call('DEL', win_key(s.key, idx), win_key(s.key, idx - 1), s.key .. ':log',
-    s.key .. ':seq', s.key .. ':tat')
-end
-
-local n = tonumber(ARGV[1])
-local mode = tonumber(ARGV[2 + 5 * n])
-if not n or n < 1 or n ~= #KEYS or #ARGV ~= 2 + 5 * n or not mode or mode < DECIDE
-    or mode > RESET then
-  return redis.error_reply('ERR apigate decide: bad arguments')
-end
+-- Parse and validate every spec; reset and refund act right away.
 local specs = {}
 for i = 1, n do
-  local b = 1 + 5 * (i - 1)
-  local s = {key = KEYS[i], alg = tonumber(ARGV[b + 1]), limit = tonumber(ARGV[b + 2]),
-             w = tonumber(ARGV[b + 3]), burst = tonumber(ARGV[b + 4]),
-             cost = tonumber(ARGV[b + 5])}
-  if not CHECK[s.alg] or not s.limit or s.limit < 1 or not s.w or s.w < 1
-      or not s.cost or s.cost < 0 or not s.burst or s.burst < 0 then
+  local b = 5 * (i - 1)
+  local alg, limit, w = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local burst, cost = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
+  if not alg or alg < FIXED or alg > TOKEN or not limit or limit < 1 or not w or w < 1
+      or not burst or burst < 0 or not cost or cost < 0 then
     return redis.error_reply('ERR apigate decide: bad spec ' .. i)
   end
-  specs[i] = s
+  local key = KEYS[i]
+  if mode == RESET then
+    local idx = math.floor(now / w)
+    redis.call('DEL', win_key(key, idx), win_key(key, idx - 1), key .. ':log', key .. ':tat')
+  elseif mode == REFUND then
+    refund(key, alg, limit, w, cost)
+  end
+  specs[i] = {key, alg, limit, w, burst, cost}
 end
+if mode == RESET then return {1} end
 
-if mode == RESET then
-  for i = 1, n do reset(specs[i]) end
-  return {1}
-end
-if mode == REFUND then
-  for i = 1, n do refund(specs[i]) end
-  mode = PEEK
-end
-
-local checks = {}
+-- Check every spec. Each check row holds: ok, retry, remaining uncharged / charged,
+-- reset uncharged / charged, and the write that charges it (key, value, ttl).
+local rows = {}
 local allowed = true
 for i = 1, n do
-  checks[i] = CHECK[specs[i].alg](specs[i])
-  if not checks[i].ok then allowed = false end
+  local key, alg, limit, w, burst, cost = unpack(specs[i])
+  local r
+  if alg == FIXED then
+    local idx = math.floor(now / w)
+    local wkey = win_key(key, idx)
+    local count = tonumber(redis.call('GET', wkey) or '0')
+    local reset = (idx + 1) * w - now
+    r = {count + cost <= limit, reset, limit - count, limit - count - cost, reset, reset,
+         wkey, count + cost, reset + 1000}
+  elseif alg == SLIDING then
+    local idx = math.floor(now / w)
+    local wkey = win_key(key, idx)
+    local got = redis.call('MGET', wkey, win_key(key, idx - 1))
+    local curr, prev = tonumber(got[1] or '0'), tonumber(got[2] or '0')
+    local elapsed = now - idx * w
+    local est = prev * (w - elapsed) / w + curr
+    local reset = (idx + 1) * w - now
+    local ok = est + cost <= limit
+    local retry = 0
+    if not ok then retry = sliding_retry(limit, w, cost, prev, curr, elapsed, reset) end
+    r = {ok, retry, math.floor(limit - est), math.floor(limit - est - cost), reset, reset,
+         wkey, curr + cost, 2 * w + 1000}
+  elseif alg == LOG then
+    local lkey = key .. ':log'
+    local card = redis.call('ZCOUNT', lkey, '(' .. (now - w), '+inf')
+    local ok = card + cost <= limit
+    local retry = 0
+    if not ok then
+      local need = card + cost - limit
+      if need > card then
+        retry = w
+      else
+        local oldest = redis.call('ZRANGEBYSCORE', lkey, '(' .. (now - w), '+inf',
+          'WITHSCORES', 'LIMIT', need - 1, 1)
+        retry = math.max(tonumber(oldest[2]) + w - now, 0)
+      end
+    end
+    r = {ok, retry, limit - card, limit - card - cost, nil, w, lkey, card, w + 1000}
+  else
+    local tkey = key .. ':tat'
+    local per = w / limit
+    local tolerance = (limit + burst) * per
+    local tat = tonumber(redis.call('GET', tkey) or now)
+    local base = math.max(tat, now)
+    local new_tat = base + cost * per
+    local ok = new_tat - now <= tolerance
+    local retry = 0
+    if not ok then retry = math.ceil((new_tat - now) - tolerance) end
+    local reset = math.ceil(base - now)
+    r = {ok, retry, math.floor((tolerance - (base - now)) / per),
+         math.floor((tolerance - (new_tat - now)) / per), reset, reset,
+         tkey, string.format('%.17g', new_tat), math.ceil(new_tat - now) + 1000}
+  end
+  if not r[1] then allowed = false end
+  rows[i] = r
 end
+
+-- Charge (only if every spec allowed and this is a decision) and answer.
 local charged = allowed and mode == DECIDE
 local out = {allowed and 1 or 0}
 for i = 1, n do
-  local s, c = specs[i], checks[i]
-  if charged then CHARGE[s.alg](s, c) end
-  local remaining, reset_ms = STATE[s.alg](s, c, charged)
-  out[#out + 1] = remaining
-  out[#out + 1] = reset_ms
-  out[#out + 1] = c.ok and 0 or c.retry
+  local r, alg, cost = rows[i], specs[i][2], specs[i][6]
+  local remaining, reset
+  if charged then
+    remaining, reset = r[4], r[6]
+    if alg ~= LOG then
+      redis.call('SET', r[7], r[8], 'PX', r[9])
+    elseif cost > 0 then
+      redis.call('ZREMRANGEBYSCORE', r[7], '-inf', now - specs[i][4])
+      local args = {}
+      for k = 1, cost do
+        args[2 * k - 1] = now
+        args[2 * k] = string.format('%d:%09d', now, r[8] + k)
+      end
+      redis.call('ZADD', r[7], unpack(args))
+      redis.call('PEXPIRE', r[7], r[9])
+    end
+  else
+    remaining, reset = r[3], r[5]
+    if alg == LOG then
+      reset = 0
+      if r[8] > 0 then
+        local newest = redis.call('ZRANGE', r[7], -1, -1, 'WITHSCORES')
+        reset = math.max(tonumber(newest[2]) + specs[i][4] - now, 0)
+      end
+    end
+  end
+  out[#out + 1] = math.max(remaining, 0)
+  out[#out + 1] = reset
+  out[#out + 1] = r[1] and 0 or r[2]
 end
 return out

@@ -1,0 +1,120 @@
+"""Rate-limit storage on one Redis server (``redis://`` and ``rediss://``).
+
+Every decision is one EVALSHA of ``lua/decide.lua`` with all the request's specs, sent on the
+coalescing RESP client: decisions made in the same event-loop tick share one socket write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from apigate.config.model import StorageConfig
+from apigate.ratelimit.storage.base import (
+    Algorithm,
+    LimitSpec,
+    LimitState,
+    Outcome,
+    Storage,
+    StorageError,
+)
+from apigate.ratelimit.storage.client import RespClient
+from apigate.ratelimit.storage.resp import Arg, Command, Script, endpoint_from_url
+
+DECIDE = Script.from_package("decide.lua")
+HEARTBEAT = Script.from_package("heartbeat.lua")
+
+MODE_DECIDE, MODE_PEEK, MODE_REFUND, MODE_RESET = 0, 1, 2, 3
+
+_EVALSHA = b"EVALSHA"
+_CODE = {algorithm: int(algorithm) for algorithm in Algorithm}  # hiredis wants plain ints
+
+# Background calls (heartbeat, reset, ping) may wait longer than a decision.
+SLOW_CALL_S = 1.0
+
+
+def decide_command(specs: Sequence[LimitSpec], mode: int) -> Command:
+    """``EVALSHA <decide.lua> n k1..kn n alg limit window burst cost ... mode`` for ``specs``."""
+    if len(specs) == 1:
+        s = specs[0]
+        return (_EVALSHA, DECIDE.sha, 1, s.key, 1, _CODE[s.algorithm], s.limit, s.window_ms,
+                s.burst, s.cost, mode)  # fmt: skip
+    args: list[Arg] = [_EVALSHA, DECIDE.sha, len(specs)]
+    args += [spec.key for spec in specs]
+    args.append(len(specs))
+    for s in specs:
+        args += (_CODE[s.algorithm], s.limit, s.window_ms, s.burst, s.cost)
+    args.append(mode)
+    return tuple(args)
+
+
+def parse_outcome(reply: Any, count: int) -> Outcome:
+    """``[1, 4, 900, 0]`` -> Outcome(True, (LimitState(4, 900, 0),)); anything else -> error."""
+    if type(reply) is not list or len(reply) != 1 + 3 * count:
+        raise StorageError(f"decide.lua returned {reply!r}")
+    if count == 1:
+        return Outcome(reply[0] == 1, (LimitState(reply[1], reply[2], reply[3]),))
+    states = tuple(
+        LimitState(reply[i], reply[i + 1], reply[i + 2]) for i in range(1, len(reply), 3)
+    )
+    return Outcome(reply[0] == 1, states)
+
+
+class RedisStorage(Storage):
+    """Counters on a single Redis server, decided by ``decide.lua``."""
+
+    def __init__(self, client: RespClient, *, key_prefix: str, timeout_ms: int) -> None:
+        self.client = client
+        self._instances_key = f"{key_prefix}:instances"
+        self._timeout_s = timeout_ms / 1000
+
+    @classmethod
+    def from_config(cls, config: StorageConfig) -> RedisStorage:
+        """Build from ``storage.url`` (``redis://[user:pass@]host:port/db`` or ``rediss://``)."""
+        endpoint = endpoint_from_url(config.url)
+        client = RespClient.for_endpoint(endpoint, scripts=(DECIDE, HEARTBEAT))
+        return cls(client, key_prefix=config.key_prefix, timeout_ms=config.timeout_ms)
+
+    async def _decide(self, specs: Sequence[LimitSpec], mode: int, wait_s: float) -> Outcome:
+        command = decide_command(specs, mode)
+        reply = await self.client.run_script(DECIDE, command, timeout_s=wait_s)
+        return parse_outcome(reply, len(specs))
+
+    async def decide(self, specs: Sequence[LimitSpec]) -> Outcome:
+        """Check all ``specs`` and charge them all iff all allow: one EVALSHA."""
+        reply = await self.client.run_script(
+            DECIDE, decide_command(specs, MODE_DECIDE), timeout_s=self._timeout_s
+        )
+        return parse_outcome(reply, len(specs))
+
+    async def peek(self, spec: LimitSpec) -> LimitState:
+        """The state of ``spec`` for a request of ``spec.cost``; writes nothing."""
+        return (await self._decide((spec,), MODE_PEEK, self._timeout_s)).states[0]
+
+    async def refund(self, specs: Sequence[LimitSpec]) -> Outcome:
+        """Undo a charge of each spec's ``cost`` made moments ago; the states after it."""
+        return await self._decide(specs, MODE_REFUND, self._timeout_s)
+
+    async def reset(self, spec: LimitSpec) -> None:
+        """Delete every key ``decide.lua`` keeps for ``spec`` (named, never SCANned)."""
+        await self._decide((spec,), MODE_RESET, max(self._timeout_s, SLOW_CALL_S))
+
+    async def heartbeat(self, instance_id: str, ttl_ms: int) -> int:
+        """Mark ``instance_id`` alive for ``ttl_ms`` (Redis time); the live instance count."""
+        timeout_s = max(self._timeout_s, SLOW_CALL_S)
+        reply = await self.client.evalsha(
+            HEARTBEAT, [self._instances_key], [instance_id, ttl_ms], timeout_s=timeout_s
+        )
+        if not isinstance(reply, int):
+            raise StorageError(f"heartbeat.lua returned {reply!r}")
+        return reply
+
+    async def ping(self) -> None:
+        """Raise StorageError unless Redis answers PING."""
+        reply = await self.client.execute((b"PING",), timeout_s=max(self._timeout_s, SLOW_CALL_S))
+        if reply != b"PONG":
+            raise StorageError(f"PING answered {reply!r}")
+
+    async def aclose(self) -> None:
+        """Close the connection; idempotent."""
+        await self.client.aclose()
