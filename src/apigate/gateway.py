@@ -13,6 +13,7 @@ from apigate.http.errors import HttpError
 from apigate.http.request import Request
 from apigate.http.response import ResponseWriter
 from apigate.http.server import HttpConnection
+from apigate.config.model import RouteConfig
 from apigate.identity import Caller
 from apigate.observability.access_log import AccessEntry
 from apigate.observability.request_id import new_request_id, trace_id, valid_request_id
@@ -144,8 +145,9 @@ class Gateway:
         route = match.route
         outbound = Outbound(
             path=match.upstream_path,
+            query=_upstream_query(runtime, route, request.query),
             headers=_forwarded_headers(runtime, request, conn.peer, request_id, caller),
-            drop=runtime.credential_headers(route),
+            drop=runtime.request_drop_headers(route),
             response_headers=response_headers,
         )
         forwarder = runtime.forwarders[route.upstream]
@@ -162,6 +164,15 @@ class Gateway:
             writer.close = True
             return
         runtime.metrics.upstream_done(route.upstream, time.perf_counter() - started)
+
+
+def _upstream_query(runtime: Runtime, route: RouteConfig, query: bytes) -> bytes:
+    """The query passed upstream: an API key given as a query parameter is removed."""
+    if not query or route.auth != "api_key" or route.forward_credentials:
+        return query
+    if runtime.config.auth.api_key.query is None:
+        return query
+    return runtime.auth.strip_query_credential(query.decode("latin-1")).encode("latin-1")
 
 
 def _forwarded_headers(

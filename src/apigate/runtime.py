@@ -17,7 +17,7 @@ from apigate.identity import Caller
 from apigate.observability.access_log import AccessLog, NullAccessLog
 from apigate.observability.metrics import MetricsSink
 from apigate.proxy.client_ip import TrustedProxies
-from apigate.proxy.forward import Forwarder
+from apigate.proxy.forward import GATEWAY_REQUEST_HEADERS, Forwarder
 from apigate.proxy.upstream import Upstream
 from apigate.ratelimit import RateLimiter, build_storage
 from apigate.routing.router import Router
@@ -37,6 +37,7 @@ class Runtime:
     metrics: MetricsSink
     access_log: AccessLog | NullAccessLog
     consumer_limits: bool
+    drop_headers: Mapping[str, frozenset[bytes]]  # per route: gateway-set + credential headers
 
     async def authenticate(
         self, route: RouteConfig, headers: Mapping[str, str], query: bytes, client_ip: str
@@ -49,10 +50,9 @@ class Runtime:
             extra = ((b"www-authenticate", exc.www_authenticate.encode()),) if exc.www_authenticate else ()
             raise HttpError(exc.status, exc.message, headers=extra) from None
 
-    def credential_headers(self, route: RouteConfig) -> frozenset[bytes]:
-        if route.auth == "none" or route.forward_credentials:
-            return frozenset()
-        return frozenset(name.encode() for name in self.auth.credential_headers(route))
+    def request_drop_headers(self, route: RouteConfig) -> frozenset[bytes]:
+        """Client headers never passed upstream on ``route``."""
+        return self.drop_headers[route.name]
 
     def policies_for(self, route: RouteConfig, caller: Caller) -> tuple[str, ...]:
         """The route's limits, then the consumer's (each policy once)."""
@@ -89,6 +89,7 @@ def build_runtime(
         AccessLog() if config.observability.access_log else NullAccessLog()
     )
     consumer_limits = bool(config.consumers) or auth.directory.redis_available
+    drop_headers = {route.name: _drop_headers(route, auth) for route in config.routes}
     return Runtime(
         config=config,
         router=Router(config.routes),
@@ -100,7 +101,15 @@ def build_runtime(
         metrics=metrics,
         access_log=access_log,
         consumer_limits=consumer_limits,
+        drop_headers=drop_headers,
     )
+
+
+def _drop_headers(route: RouteConfig, auth: Authenticator) -> frozenset[bytes]:
+    if route.auth == "none" or route.forward_credentials:
+        return GATEWAY_REQUEST_HEADERS
+    credentials = frozenset(name.lower().encode() for name in auth.credential_headers(route))
+    return GATEWAY_REQUEST_HEADERS | credentials
 
 
 def retired_upstreams(old: Runtime, new: Runtime) -> list[Upstream]:

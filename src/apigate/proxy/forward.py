@@ -31,8 +31,9 @@ class Outbound:
     """What the gateway decided to send upstream besides the client's own headers."""
 
     path: str
+    query: bytes  # the client's query, less an API key passed as a query parameter
     headers: list[tuple[bytes, bytes]]  # x-forwarded-*, x-request-id, x-consumer
-    drop: frozenset[bytes]  # credential headers to strip, on top of the gateway's own
+    drop: frozenset[bytes]  # gateway-set and credential headers: never passed on
     response_headers: list[tuple[bytes, bytes]]  # x-request-id, rate-limit headers
 
 
@@ -46,8 +47,8 @@ class ForwardFailed(HttpError):
 
 def _request_head(request: Request, outbound: Outbound, target: Target) -> bytes:
     target_bytes = outbound.path.encode()
-    if request.query:
-        target_bytes += b"?" + request.query
+    if outbound.query:
+        target_bytes += b"?" + outbound.query
     host = request.host or target.host_header
     lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (request.method.encode(), target_bytes, host)]
     lines.extend(b"%s: %s\r\n" % h for h in end_to_end(request.headers, outbound.drop))
