@@ -34,6 +34,8 @@ NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 _STORE_ERRORS = (RedisError, OSError, TimeoutError)
 _T = TypeVar("_T")
+# A poll (or the first load at start) gives up after this long; redis-py may retry inside it.
+_REFRESH_TIMEOUT_S = 5.0
 
 
 class ConsumerError(Exception):
@@ -101,11 +103,12 @@ class _RedisSync:
     async def _refresh_logged(self) -> None:
         # Log transitions only: a dead Redis polled every second must not flood the log.
         try:
-            await self.refresh()
+            async with asyncio.timeout(_REFRESH_TIMEOUT_S):
+                await self.refresh()
         except _STORE_ERRORS as exc:
             if not self._failing:
                 log.warning("consumer store unreachable, keeping %d Redis consumers: %s",
-                            len(self.consumers), exc)
+                            len(self.consumers), _brief(exc))
             self._failing = True
             return
         if self._failing:
@@ -278,4 +281,10 @@ async def _store_call(op: Awaitable[_T]) -> _T:
     try:
         return await op
     except _STORE_ERRORS as exc:
-        raise ConsumerError(503, f"consumer store unavailable: {exc}") from None
+        raise ConsumerError(503, f"consumer store unavailable: {_brief(exc)}") from None
+
+
+def _brief(exc: BaseException) -> str:
+    """redis-py messages can embed a whole connection-pool repr; keep the useful head."""
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 120 else text[:120] + "..."
