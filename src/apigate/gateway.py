@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 
+from apigate.config.model import RouteConfig
 from apigate.http.body import BodyAborted, BodyTooLarge
 from apigate.http.errors import HttpError
 from apigate.http.request import Request
 from apigate.http.response import ResponseWriter
 from apigate.http.server import HttpConnection
-from apigate.config.model import RouteConfig
 from apigate.identity import Caller
 from apigate.observability.access_log import AccessEntry
 from apigate.observability.request_id import new_request_id, trace_id, valid_request_id
@@ -50,7 +50,10 @@ class Gateway:
         outcome = _Outcome()
         runtime.metrics.inflight(1)
         try:
-            await self._route(runtime, request, writer, conn, request_id, client_ip, outcome)
+            await self._route(
+                runtime=runtime, request=request, writer=writer, conn=conn,
+                request_id=request_id, client_ip=client_ip, outcome=outcome,
+            )
         except HttpError as exc:
             if writer.started:
                 writer.close = True
@@ -87,6 +90,7 @@ class Gateway:
 
     async def _route(
         self,
+        *,
         runtime: Runtime,
         request: Request,
         writer: ResponseWriter,
@@ -96,7 +100,8 @@ class Gateway:
         outcome: _Outcome,
     ) -> None:
         try:
-            match = runtime.router.match(host_without_port(request.host), request.path, request.method)
+            host = host_without_port(request.host)
+            match = runtime.router.match(host, request.path, request.method)
         except MethodNotAllowed as exc:
             allow = ", ".join(exc.allowed).encode()
             raise HttpError(405, "method not allowed", headers=((b"allow", allow),)) from None
@@ -122,17 +127,22 @@ class Gateway:
             )
             outcome.decision = verdict.decision
             outcome.policy = verdict.policy
-            runtime.metrics.ratelimit_decision(verdict.policy or "-", _metric_decision(verdict.decision))
+            runtime.metrics.ratelimit_decision(
+                verdict.policy or "-", _metric_decision(verdict.decision)  # type: ignore[arg-type]
+            )
             if not verdict.allowed:
                 raise HttpError(
                     verdict.status, verdict.error or "rate limited", headers=verdict.headers
                 )
             response_headers.extend(verdict.headers)
-        await self._forward(runtime, request, writer, conn, match, caller, request_id,
-                            response_headers)
+        await self._forward(
+            runtime=runtime, request=request, writer=writer, conn=conn, match=match,
+            caller=caller, request_id=request_id, response_headers=response_headers,
+        )
 
     async def _forward(
         self,
+        *,
         runtime: Runtime,
         request: Request,
         writer: ResponseWriter,

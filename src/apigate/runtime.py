@@ -47,7 +47,8 @@ class Runtime:
                 route, headers, query.decode("latin-1"), client_ip
             )
         except AuthError as exc:
-            extra = ((b"www-authenticate", exc.www_authenticate.encode()),) if exc.www_authenticate else ()
+            challenge = exc.www_authenticate
+            extra = ((b"www-authenticate", challenge.encode()),) if challenge else ()
             raise HttpError(exc.status, exc.message, headers=extra) from None
 
     def request_drop_headers(self, route: RouteConfig) -> frozenset[bytes]:

@@ -70,7 +70,7 @@ class Worker:
         self.tracker.on_open = self._metrics.connection_opened
         self.tracker.on_close = self._metrics.connection_closed
         self._stop = asyncio.Event()
-        self._reloading: asyncio.Task[None] | None = None
+        self._reloading: asyncio.Task[bool] | None = None
 
     async def serve(self, ready_fd: int | None) -> None:
         loop = asyncio.get_running_loop()
@@ -151,10 +151,16 @@ class Worker:
         log.info("worker stopped")
 
 
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
 def _close_later(runtime: Runtime) -> None:
+    """Close a replaced snapshot's storage once its in-flight requests have had their grace."""
     loop = asyncio.get_running_loop()
-    loop.create_task(runtime.limiter.aclose())
-    loop.create_task(runtime.auth.aclose())
+    for closer in (runtime.limiter.aclose(), runtime.auth.aclose()):
+        task = loop.create_task(closer)
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
 
 
 def main(argv: list[str] | None = None) -> int:

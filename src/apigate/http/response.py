@@ -16,7 +16,9 @@ _NO_BODY_STATUS = frozenset({204, 304})
 class ResponseWriter:
     """``start`` the head once, ``write`` body chunks, ``end``; framing is chosen in ``start``."""
 
-    __slots__ = ("_chunked", "_conn", "_no_body", "bytes_sent", "close", "request", "started", "status")
+    __slots__ = (
+        "_chunked", "_conn", "_no_body", "bytes_sent", "close", "request", "started", "status",
+    )
 
     def __init__(self, conn: HttpConnection, request: Request) -> None:
         self._conn = conn

@@ -18,6 +18,7 @@ import httptools
 
 from apigate.http.body import BodyAborted, RequestBody
 from apigate.http.errors import HttpError, error_body, status_line
+from apigate.http.flush import flusher
 from apigate.http.framing import (
     check_header_values,
     check_host,
@@ -71,6 +72,8 @@ class HttpConnection(asyncio.Protocol):
         self._tracker = tracker
         self._limits = tracker.limits
         self._loop = asyncio.get_running_loop()
+        self._flusher = flusher()
+        self._out: list[bytes] = []
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
@@ -102,7 +105,7 @@ class HttpConnection(asyncio.Protocol):
         tracker = self._tracker
         if len(tracker.connections) >= self._limits.max_connections:
             body = error_body("too many connections", "-")
-            transport.write(
+            self.transport.write(
                 status_line("1.1", 503)
                 + b"content-type: application/json\r\nconnection: close\r\n"
                 + b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
@@ -139,6 +142,7 @@ class HttpConnection(asyncio.Protocol):
         return not self._queue and not self._in_head
 
     def close(self) -> None:
+        self.flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self._closing = True
@@ -181,8 +185,20 @@ class HttpConnection(asyncio.Protocol):
             await waiter
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closing:
-            self.transport.write(data)
+        """Queue ``data``; everything written in this tick goes out in one write."""
+        if self._closing:
+            return
+        if not self._out:
+            self._flusher.add(self)
+        self._out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def send_continue(self) -> None:
         """Answer ``Expect: 100-continue`` once the handler starts reading the body."""

@@ -13,7 +13,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class TrustedProxies:
-    """``TrustedProxies(["127.0.0.0/8"]).client_ip("127.0.0.1", [b"6.6.6.6, 1.2.3.4"])`` -> "1.2.3.4"."""
+    """Which peers may tell us the client's address.
+
+    ``TrustedProxies(["127.0.0.0/8"]).client_ip("127.0.0.1", [b"6.6.6.6, 1.2.3.4"])``
+    -> ``"1.2.3.4"``.
+    """
 
     def __init__(self, cidrs: Iterable[str]) -> None:
         self._networks: tuple[IPNetwork, ...] = tuple(

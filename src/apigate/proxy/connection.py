@@ -13,6 +13,8 @@ from typing import cast
 
 import httptools
 
+from apigate.http.flush import flusher
+
 
 class UpstreamError(Exception):
     """The upstream failed; ``kind`` is ``connect``, ``reset``, ``timeout`` or ``protocol``."""
@@ -71,6 +73,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._flusher = flusher()
+        self._out: list[bytes] = []
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
@@ -83,12 +87,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._writing_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.last_data = 0.0
+        self._read_timeout = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         exchange = self.exchange
         if exchange is not None:
             if exchange.head.done() and exchange.body_until_eof and not exchange.done.done():
@@ -115,17 +125,49 @@ class UpstreamConnection(asyncio.Protocol):
         if self.closed:
             raise UpstreamError("reset", "upstream closed the connection")
 
-    def begin(self, *, head_only: bool) -> Exchange:
+    def begin(self, *, head_only: bool, read_timeout_s: float) -> Exchange:
+        """Start an exchange; it fails with a timeout after ``read_timeout_s`` of silence."""
         self.exchange = Exchange(self._loop, head_only=head_only)
         self._headers = []
+        self._read_timeout = read_timeout_s
+        self.last_data = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self.last_data + read_timeout_s, self._on_timer)
         return self.exchange
 
+    def _on_timer(self) -> None:
+        """Lazily re-armed: one timer handle per connection, not one per request or chunk."""
+        self._timer = None
+        exchange = self.exchange
+        if exchange is None or exchange.done.done() or self.closed:
+            return
+        deadline = self.last_data + self._read_timeout
+        now = self._loop.time()
+        if now < deadline or self._reading_paused:
+            self._timer = self._loop.call_at(max(deadline, now + 0.05), self._on_timer)
+            return
+        self.reusable = False
+        exchange.fail(UpstreamError("timeout", "upstream read timed out"))
+        self.close()
+
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        """Queue ``data``; everything written in this tick goes out in one write."""
+        self.last_data = self._loop.time()  # sending a body is progress too
+        if not self._out:
+            self._flusher.add(self)
+        self._out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         self.reusable = False
+        self.flush()
         if self.transport is not None:
             self.transport.close()
 
@@ -207,9 +249,12 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.done.set_result(None)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self._reading_paused:
+            self._reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._reading_paused:
+            self._reading_paused = False
+            self.last_data = self._loop.time()
             self.transport.resume_reading()

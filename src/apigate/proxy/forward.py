@@ -54,7 +54,8 @@ def _request_head(request: Request, outbound: Outbound, target: Target) -> bytes
     lines.extend(b"%s: %s\r\n" % h for h in end_to_end(request.headers, outbound.drop))
     lines.extend(b"%s: %s\r\n" % h for h in outbound.headers)
     if request.upgrade:
-        lines.append(b"connection: upgrade\r\nupgrade: %s\r\n" % (request.header(b"upgrade") or b""))
+        upgrade = request.header(b"upgrade") or b""
+        lines.append(b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade)
     if request.chunked:
         lines.append(b"transfer-encoding: chunked\r\n")
     elif request.content_length is not None:
@@ -69,19 +70,6 @@ async def _send_body(body: RequestBody, conn: UpstreamConnection, chunked: bool)
         await conn.drain()
     if chunked:
         conn.write(b"0\r\n\r\n")
-
-
-async def _await_idle(future: asyncio.Future[None], conn: UpstreamConnection, seconds: float) -> None:
-    """Wait for ``future`` while the upstream keeps sending; fail after ``seconds`` of silence."""
-    loop = asyncio.get_running_loop()
-    while not future.done():
-        try:
-            async with asyncio.timeout(seconds):
-                await asyncio.shield(future)
-        except TimeoutError:
-            if loop.time() - conn.last_data >= seconds:
-                raise UpstreamError("timeout", "upstream read timed out") from None
-    future.result()
 
 
 class Forwarder:
@@ -128,13 +116,18 @@ class Forwarder:
             finally:
                 target.active -= 1
             upstream.record_success(target)
-            await self._relay(request, writer, client, conn, target, head, exchange, outbound)
+            await self._relay(
+                request=request, writer=writer, client=client, conn=conn, target=target,
+                head=head, exchange=exchange, outbound=outbound,
+            )
             return target.url
 
     async def _exchange(
         self, request: Request, conn: UpstreamConnection, target: Target, outbound: Outbound
     ) -> tuple[ResponseHead, Exchange]:
-        exchange = conn.begin(head_only=request.method == "HEAD")
+        exchange = conn.begin(
+            head_only=request.method == "HEAD", read_timeout_s=self.upstream.config.read_timeout_s
+        )
         conn.write(_request_head(request, outbound, target))
         sender: asyncio.Task[None] | None = None
         if request.body is not None:
@@ -142,14 +135,11 @@ class Forwarder:
                 _send_body(request.body, conn, request.chunked)
             )
         try:
-            async with asyncio.timeout(self.upstream.config.read_timeout_s):
-                if sender is not None:
-                    await asyncio.wait((sender, exchange.head), return_when=asyncio.FIRST_COMPLETED)
-                    if sender.done() and sender.exception() is not None:
-                        raise sender.exception()  # type: ignore[misc]
-                head = await exchange.head
-        except TimeoutError:
-            raise UpstreamError("timeout", "upstream did not answer in time") from None
+            if sender is not None:
+                await asyncio.wait((sender, exchange.head), return_when=asyncio.FIRST_COMPLETED)
+                if sender.done() and sender.exception() is not None:
+                    raise sender.exception()  # type: ignore[misc]
+            head = await exchange.head
         except (BodyTooLarge, BodyAborted):
             conn.close()
             raise
@@ -162,6 +152,7 @@ class Forwarder:
 
     async def _relay(
         self,
+        *,
         request: Request,
         writer: ResponseWriter,
         client: HttpConnection,
@@ -193,7 +184,7 @@ class Forwarder:
 
         exchange.set_sink(sink)
         try:
-            await _await_idle(exchange.done, conn, self.upstream.config.read_timeout_s)
+            await exchange.done
         except UpstreamError:
             conn.close()
             writer.close = True  # the response is cut short; the client sees the close

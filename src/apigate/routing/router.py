@@ -47,7 +47,7 @@ class _CompiledRoute:
             return path == self.path
         if self.prefix is not None:
             # Segment boundary: "/users" matches "/users" and "/users/1", never "/usersx".
-            return self.prefix == "" or path == self.prefix or path.startswith(self.prefix + "/")
+            return self.prefix in ("", path) or path.startswith(self.prefix + "/")
         if self.regex is not None:
             return self.regex.match(path) is not None
         return True
