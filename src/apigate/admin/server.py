@@ -4,6 +4,9 @@ It runs in the supervisor. httptools (llhttp) parses; this module only bounds wh
 buffer (16 KiB of head -> 431, 64 KiB of body -> 413), answers requests of one connection in
 order (pipelining allowed, keep-alive unless ``Connection: close`` or HTTP/1.0), and turns
 every handler failure into a status code: a handler can never take the listener down.
+Routes match ``(method, path)`` exactly, the path as sent (no percent-decoding); HEAD is
+answered as GET without a body. There is no authentication: bind ``admin_listen`` to a
+private address.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ import httptools
 from apigate.admin.types import AdminError, AdminRequest, AdminResponse, AdminRoute, Handler
 
 log = logging.getLogger(__name__)
+
+Headers = tuple[tuple[str, str], ...]
+_MAX_PIPELINED = 16  # queued requests per connection before reading pauses
+_Pending = tuple[AdminRequest, bool] | bytes  # (request, keep-alive) or a final error reply
 
 # The dashboard is inline HTML/JS/CSS that talks only to this origin.
 _DASHBOARD_CSP = (
@@ -192,9 +199,6 @@ def error_bytes(status: int, message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
     return render_response(AdminResponse(status, body), (), keep_alive=False)
 
-Headers = tuple[tuple[str, str], ...]
-_MAX_PIPELINED = 16  # queued requests per connection before reading pauses
-_Pending = tuple[AdminRequest, bool] | bytes  # (request, keep-alive) or a final error reply
 
 
 class _Reject(Exception):

@@ -307,7 +307,8 @@ def worker_exited(pid: int) -> None:
     """Drop a dead worker's live gauges; its counters stay so that totals never go down."""
     from prometheus_client import multiprocess  # noqa: PLC0415 (lazy, see module doc)
 
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    if os.environ.get(ENV_VAR):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 class _InfoCollector:

@@ -334,3 +334,47 @@ async def test_head_growing_over_many_reads_is_431() -> None:
     connection.connection_lost(None)
     assert transport.written.startswith(b"HTTP/1.1 431 ")
     assert transport.closed
+
+
+async def _ready_now() -> tuple[bool, str]:
+    return True, ""
+
+
+async def test_idle_connection_is_closed() -> None:
+    """A connection that sends nothing is closed once idle_timeout_s passes."""
+    admin = AdminServer([], health=lambda: True, ready=_ready_now, metrics=None,
+                        dashboard_html=None, idle_timeout_s=0)
+    await admin.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await admin.close()
+
+
+async def test_close_cancels_a_running_handler() -> None:
+    """close() returns while a handler is stuck: its connection is closed, its task cancelled."""
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def stuck(request: AdminRequest) -> AdminResponse:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+        return AdminResponse.of({})
+
+    admin = AdminServer([("GET", "/admin/stuck", stuck)], health=lambda: True, ready=_ready_now,
+                        metrics=None, dashboard_html=None)
+    await admin.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
+    writer.write(get("/admin/stuck"))
+    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(admin.close(), 5)
+    assert cancelled.is_set()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    await writer.wait_closed()
