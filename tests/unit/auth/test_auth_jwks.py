@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import jwt as pyjwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from apigate.auth import Authenticator, AuthError, ConsumerDirectory
 from apigate.auth.jwks import HttpGetError, http_get
@@ -220,3 +226,38 @@ async def test_stale_keys_serve_while_refresh_fails(
     assert calls == [0.0, 301]
     assert await verify(auth, config, token_for(rsa_keys[0], jti="b")) == "acme"
     await auth.aclose()
+
+
+def _self_signed(tmp_path: Any) -> ssl.SSLContext:
+    """A server TLS context with a fresh self-signed certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=36500))
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def test_https_verifies_the_server_certificate(tmp_path: Any) -> None:
+    """https:// uses the default TLS context: an untrusted (self-signed) server is refused."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=_self_signed(tmp_path))
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await http_get(f"https://127.0.0.1:{port}/jwks", timeout_s=2, max_bytes=1000)
+    finally:
+        server.close()
+        await server.wait_closed()
