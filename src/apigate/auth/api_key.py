@@ -19,7 +19,8 @@ _NO_MATCH = "sha256:" + "0" * 64
 
 def hash_key(raw: str) -> str:
     """The stored form of a key: ``hash_key("abc")`` -> ``"sha256:ba7816bf...15ad"``."""
-    return "sha256:" + hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate from a mis-decoded header hashes instead of raising.
+    return "sha256:" + hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def find_consumer(presented: str, index: Mapping[str, tuple[str, str]]) -> str | None:

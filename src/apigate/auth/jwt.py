@@ -79,9 +79,9 @@ class JwtVerifier:
         """The verified claims of ``token``; raises TokenRejected for anything else."""
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRejected("token too large")
-        if token.count(".") != 2:
+        if token.count(".") != 2 or not token.isascii():  # base64url parts and dots only
             raise TokenRejected("malformed token")
-        fingerprint = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        fingerprint = hashlib.sha256(token.encode("ascii")).digest()
         now = self._clock()
         hit = self._cache.get(fingerprint)
         if hit is not None:

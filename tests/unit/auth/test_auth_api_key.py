@@ -68,6 +68,7 @@ async def test_query_key_names_the_consumer(make_config: Callable[..., Config], 
     ({"x-api-key": "wrong"}, "", "invalid API key"),
     ({"x-api-key": hash_key(ACME_KEY)}, "", "invalid API key"),  # the hash is not the key
     ({"x-api-key": "gone-key"}, "", "consumer is disabled"),
+    ({"x-api-key": "\ud800\u00ff"}, "", "invalid API key"),
     ({}, f"api_key={ACME_KEY}", "API key required"),  # header configured: query ignored
 ])
 async def test_bad_header_keys_are_401(

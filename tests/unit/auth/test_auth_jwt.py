@@ -136,6 +136,8 @@ def bad_tokens(rsa_keys: Any, ec_key: Any) -> dict[str, str]:
         "kid not a string": f"{b64(json.dumps({'alg': 'RS256', 'kid': 7}).encode())}.{body}.{sig}",
         "huge": f"{head}.{'A' * 200_000}.{sig}",
         "empty parts": "..",
+        "non-ascii": f"{head}.{body}.{sig}\u00e9",
+        "lone surrogate": f"{head}.{body}.\ud800",
     }
 
 
@@ -167,6 +169,8 @@ BAD = {
     "kid not a string": "malformed token",
     "huge": "token too large",
     "empty parts": "malformed token",
+    "non-ascii": "malformed token",
+    "lone surrogate": "malformed token",
 }
 
 
