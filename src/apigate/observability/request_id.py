@@ -9,7 +9,11 @@ _BATCH = 256  # ids per os.urandom call: one syscall per 256 requests
 _ID_HEX = 32  # 16 random bytes
 
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-_HEX = frozenset(b"0123456789abcdef")
+_TRACEPARENT = re.compile(
+    rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?", re.DOTALL
+)
+_ZERO_TRACE = b"0" * 32
+_ZERO_PARENT = b"0" * 16
 
 
 class _IdPool:
@@ -54,10 +58,6 @@ def valid_request_id(value: bytes) -> bool:
     return _VALID_ID.fullmatch(value) is not None
 
 
-def _is_hex(value: bytes) -> bool:
-    return all(byte in _HEX for byte in value)
-
-
 def trace_id(traceparent: bytes | None) -> str | None:
     """The trace id of a W3C ``traceparent`` header, or None when it is absent or invalid.
 
@@ -68,21 +68,12 @@ def trace_id(traceparent: bytes | None) -> str | None:
     """
     if traceparent is None:
         return None
-    value = traceparent.strip(b" \t")
-    if len(value) < 55:
+    match = _TRACEPARENT.fullmatch(traceparent.strip(b" \t"))
+    if match is None:
         return None
-    version = value[:2]
-    if not _is_hex(version) or version == b"ff":
+    version, trace, parent, extra = match.groups()
+    if version == b"ff" or (version == b"00" and extra is not None):
         return None
-    if version == b"00" and len(value) != 55:
-        return None
-    if len(value) > 55 and value[55:56] != b"-":
-        return None
-    if value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
-        return None
-    trace, parent, flags = value[3:35], value[36:52], value[53:55]
-    if not (_is_hex(trace) and _is_hex(parent) and _is_hex(flags)):
-        return None
-    if trace == b"0" * 32 or parent == b"0" * 16:
+    if trace == _ZERO_TRACE or parent == _ZERO_PARENT:
         return None
     return trace.decode("ascii")
