@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeGuard
 
 import jwt as pyjwt
@@ -90,8 +91,7 @@ class JwtVerifier:
                 return hit.claims
             del self._cache[fingerprint]
         claims = await self._verify_uncached(token, now)
-        self._remember(fingerprint, claims, now)
-        return claims
+        return self._remember(fingerprint, claims, now)
 
     @property
     def consumer_claim(self) -> str:
@@ -164,14 +164,18 @@ class JwtVerifier:
         if nbf is not None and nbf > now + leeway:
             raise TokenRejected("token not yet valid")
 
-    def _remember(self, fingerprint: bytes, claims: Mapping[str, Any], now: float) -> None:
+    def _remember(self, fingerprint: bytes, claims: Mapping[str, Any],
+                  now: float) -> Mapping[str, Any]:
         valid_until = float(claims["exp"]) + self._cfg.leeway_s
         if self._url_source is not None:
             # A key removed from the JWKS stops working within one cache period.
             valid_until = min(valid_until, now + self._cfg.jwks_cache_s)
-        self._cache[fingerprint] = _Verified(claims, valid_until)
+        # Read-only: the cached claims are shared by every request that repeats the token.
+        frozen = MappingProxyType(dict(claims))
+        self._cache[fingerprint] = _Verified(frozen, valid_until)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+        return frozen
 
 
 def _is_number(value: object) -> TypeGuard[float]:
