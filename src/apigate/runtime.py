@@ -86,6 +86,7 @@ def build_runtime(
             upstreams[name] = old
         else:
             upstreams[name] = Upstream(name, upstream_config)
+        upstreams[name].on_health_change = metrics.targets_ejected
     access_log: AccessLog | NullAccessLog = (
         AccessLog() if config.observability.access_log else NullAccessLog()
     )

@@ -112,7 +112,8 @@ class Forwarder:
                     continue
                 upstream.record_failure(target)
                 status = 504 if exc.kind == "timeout" else 502
-                raise ForwardFailed(status, str(exc), exc.kind) from None
+                kind = "reset" if exc.kind == "protocol" else exc.kind
+                raise ForwardFailed(status, str(exc), kind) from None
             finally:
                 target.active -= 1
             upstream.record_success(target)

@@ -67,11 +67,15 @@ class Upstream:
         self._clock = clock
         self._next = 0
         self._retired = False
+        self._healthy = len(self.targets)
+        self.on_health_change: Callable[[str, int], None] | None = None  # (name, ejected)
 
     def pick(self, exclude: tuple[Target, ...] = ()) -> Target | None:
         """A healthy target by the balancing policy, avoiding ``exclude`` when possible."""
         now = self._clock()
         healthy = [t for t in self.targets if t.available(now)]
+        if len(healthy) != self._healthy:
+            self._health_changed(len(healthy))
         candidates = [t for t in healthy if t not in exclude] or healthy
         if not candidates:
             return None
@@ -92,6 +96,12 @@ class Upstream:
         if target.failures >= self.config.max_failures:
             target.ejected_until = self._clock() + self.config.eject_s
             target.failures = 0
+            self._health_changed(len(self.targets) - self.ejected())
+
+    def _health_changed(self, healthy: int) -> None:
+        self._healthy = healthy
+        if self.on_health_change is not None:
+            self.on_health_change(self.name, len(self.targets) - healthy)
 
     def record_success(self, target: Target) -> None:
         target.failures = 0
