@@ -38,6 +38,7 @@ class RespClient:
         dead_after: float = 1.0,
         backoff_max: float = 1.0,
         require_master: bool = False,
+        drop_on_readonly: bool = False,
     ) -> None:
         self._resolve = resolve
         self._scripts = tuple(scripts)
@@ -45,6 +46,7 @@ class RespClient:
         self._dead_after = dead_after
         self._backoff_max = backoff_max
         self._require_master = require_master
+        self._drop_on_readonly = drop_on_readonly
         self._counters = _Counters()
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
@@ -105,6 +107,7 @@ class RespClient:
             try:
                 return await conn.send(command, timeout_s)
             except ReplyError as exc:
+                self._check_role(exc)
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
             return await self._reload_and_run(script, command, timeout_s, asking)
@@ -113,9 +116,15 @@ class RespClient:
         try:
             return await send(command, timeout_s=timeout_s)
         except ReplyError as exc:
+            self._check_role(exc)
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         return await self._reload_and_run(script, command, self._left(deadline), asking)
+
+    def _check_role(self, exc: ReplyError) -> None:
+        # A master demoted by a failover answers writes with READONLY: find the new one.
+        if self._drop_on_readonly and str(exc).startswith("READONLY"):
+            self.drop()
 
     async def _reload_and_run(
         self, script: Script, command: Command, timeout_s: float, asking: bool

@@ -9,7 +9,8 @@
 --            0 decide: check all; charge all iff all allow
 --            1 peek:   check all; write nothing
 --            2 refund: undo a charge of `cost` made moments ago, then answer as peek
---            3 reset:  delete every key of every spec (apigate extension, used by reset())
+--            3 reset:  delete every key of every spec, then answer as peek (apigate
+--                      extension, used by reset())
 -- Returns  {allowed, then per spec: remaining, reset_ms, retry_after_ms}.
 --
 -- Time comes from the Redis server (TIME), in ms. Every key written gets its TTL in the same
@@ -91,7 +92,7 @@ for i = 1, n do
   end
   specs[i] = {key, alg, limit, w, burst, cost}
 end
-if mode == RESET then return {1} end
+if mode == RESET or mode == REFUND then mode = PEEK end
 
 -- Check every spec. Each check row holds: ok, retry, remaining uncharged / charged,
 -- reset uncharged / charged, and the write that charges it (key, value, ttl).

@@ -1,0 +1,98 @@
+"""Rate-limit storage on a Redis master found through Sentinel (``redis+sentinel://``).
+
+The hot path is the same coalescing RESP client as ``RedisStorage``; only how it connects
+changes: every (re)connect asks the sentinels for the master's address and checks ``ROLE``.
+A connection lost in a failover, or a ``READONLY`` answer from a demoted master, drops the
+connection, so the next decision connects to the new master without a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from urllib.parse import unquote, urlsplit
+
+from apigate.config.model import StorageConfig
+from apigate.ratelimit.storage.base import StorageError
+from apigate.ratelimit.storage.client import RespClient
+from apigate.ratelimit.storage.redis import DECIDE, HEARTBEAT, RedisStorage
+from apigate.ratelimit.storage.resp import Endpoint
+
+SENTINEL_TIMEOUT_S = 0.5
+
+
+def parse_sentinel_url(url: str) -> tuple[list[Endpoint], str, Endpoint]:
+    """``redis+sentinel://:pw@h1:26379,h2:26379/mymaster/2`` -> sentinels, name, master login.
+
+    The user and password are the master's (sentinels are asked without them); the master's
+    host and port in the returned template are placeholders filled by discovery.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "redis+sentinel":
+        raise ValueError(f"not a redis+sentinel:// URL: {url!r}")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    sentinels = []
+    for hostport in hosts.split(","):
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"bad sentinel address {hostport!r} in {url!r}")
+        sentinels.append(Endpoint(host=host.strip("[]"), port=int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"bad sentinel URL {url!r}: use .../<master name>[/<db>]")
+    master = Endpoint(
+        host="",
+        port=0,
+        username=unquote(user) or None,
+        password=unquote(password) if userinfo and (password or ":" in userinfo) else None,
+        db=int(path[1]) if len(path) == 2 else 0,
+    )
+    return sentinels, path[0], master
+
+
+class SentinelResolver:
+    """Asks each sentinel in turn for the master's address (``get-master-addr-by-name``)."""
+
+    def __init__(self, sentinels: Sequence[Endpoint], service: str, master: Endpoint) -> None:
+        self._sentinels = list(sentinels)
+        self._service = service
+        self._master = master
+
+    async def __call__(self) -> Endpoint:
+        errors = []
+        for i, sentinel in enumerate(self._sentinels):
+            client = RespClient.for_endpoint(sentinel, connect_timeout=SENTINEL_TIMEOUT_S)
+            try:
+                reply = await client.execute(
+                    (b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", self._service),
+                    timeout_s=SENTINEL_TIMEOUT_S,
+                )
+            except StorageError as exc:
+                errors.append(f"{sentinel.host}:{sentinel.port}: {exc}")
+                continue
+            finally:
+                await client.aclose()
+            if isinstance(reply, list) and len(reply) == 2:
+                # Ask the sentinel that answered first next time.
+                self._sentinels.insert(0, self._sentinels.pop(i))
+                return replace(self._master, host=reply[0].decode(), port=int(reply[1]))
+            errors.append(f"{sentinel.host}:{sentinel.port}: does not know {self._service!r}")
+        raise StorageError(f"no sentinel named a master: {'; '.join(errors)}")
+
+
+class SentinelStorage(RedisStorage):
+    """``RedisStorage`` whose connection follows the master Sentinel names."""
+
+    @classmethod
+    def from_config(cls, config: StorageConfig) -> SentinelStorage:
+        """Build from ``redis+sentinel://[user:pass@]h1:26379,h2:26379/mymaster[/db]``."""
+        sentinels, service, master = parse_sentinel_url(config.url)
+        client = RespClient(
+            SentinelResolver(sentinels, service, master),
+            scripts=(DECIDE, HEARTBEAT),
+            connect_timeout=2.0,
+            require_master=True,
+            drop_on_readonly=True,
+        )
+        return cls(client, key_prefix=config.key_prefix, timeout_ms=config.timeout_ms)

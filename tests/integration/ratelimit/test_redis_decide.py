@@ -1,0 +1,162 @@
+"""decide.lua on a real redis-server through RedisStorage: exactness, atomicity, TTLs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from apigate.config.model import StorageConfig
+from apigate.ratelimit.storage.base import Algorithm, LimitSpec, StorageError
+from apigate.ratelimit.storage.redis import RedisStorage
+from tests.support.redis_servers import RedisServer
+
+LONG_MS = 10_000_000_000  # ~115 days: no window boundary falls inside a test
+
+
+def tag() -> str:
+    return f"apigate:{{t={uuid.uuid4().hex[:12]}}}"
+
+
+@pytest.fixture
+async def storage(redis_server: RedisServer) -> AsyncIterator[RedisStorage]:
+    store = RedisStorage.from_config(StorageConfig(url=redis_server.url, timeout_ms=2000))
+    yield store
+    await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "limit", "burst", "allowed"),
+    [
+        (Algorithm.FIXED_WINDOW, 50, 0, 50),
+        (Algorithm.SLIDING_WINDOW, 50, 0, 50),
+        (Algorithm.SLIDING_LOG, 50, 0, 50),
+        (Algorithm.TOKEN_BUCKET, 40, 10, 50),
+    ],
+)
+async def test_concurrent_decisions_allow_exactly_the_limit(
+    redis_server: RedisServer, algorithm: Algorithm, limit: int, burst: int, allowed: int
+) -> None:
+    """300 concurrent decisions from 3 storages (3 gateway instances) allow exactly the limit."""
+    spec = LimitSpec(f"{tag()}:p", algorithm, limit, LONG_MS, burst=burst)
+    config = StorageConfig(url=redis_server.url, timeout_ms=2000)
+    stores = [RedisStorage.from_config(config) for _ in range(3)]
+    try:
+        outcomes = await asyncio.gather(*(stores[i % 3].decide([spec]) for i in range(300)))
+    finally:
+        for store in stores:
+            await store.aclose()
+    assert sum(o.allowed for o in outcomes) == allowed
+    assert min(o.states[0].remaining for o in outcomes) == 0
+    assert all(o.states[0].retry_after_ms > 0 for o in outcomes if not o.allowed)
+
+
+async def test_rejected_request_charges_nothing(storage: RedisStorage) -> None:
+    """With two limits on one request, a denial by one charges neither."""
+    base = tag()
+    wide = LimitSpec(f"{base}:wide", Algorithm.SLIDING_LOG, 10, LONG_MS)
+    narrow = LimitSpec(f"{base}:narrow", Algorithm.FIXED_WINDOW, 3, LONG_MS)
+    outcomes = [await storage.decide([wide, narrow]) for _ in range(8)]
+    assert [o.allowed for o in outcomes] == [True] * 3 + [False] * 5
+    assert (await storage.peek(wide)).remaining == 7
+    assert outcomes[-1].states[0].retry_after_ms == 0  # the wide limit itself allowed
+    assert outcomes[-1].states[1].retry_after_ms > 0
+
+
+async def test_cost_and_token_bucket_states(storage: RedisStorage) -> None:
+    """A token bucket of 10/s + burst 5 takes a cost of 15 once, then says when to retry."""
+    spec = LimitSpec(f"{tag()}:tb", Algorithm.TOKEN_BUCKET, 10, 1000, burst=5, cost=15)
+    first = await storage.decide([spec])
+    second = await storage.decide([spec])
+    assert first.allowed
+    assert first.states[0].remaining == 0
+    assert not second.allowed
+    assert 1400 <= second.states[0].retry_after_ms <= 1500  # 15 tokens at 100 ms each
+
+
+async def test_fixed_window_reports_the_window_end(storage: RedisStorage) -> None:
+    """A denied fixed-window request is told to retry when the window resets."""
+    spec = LimitSpec(f"{tag()}:fw", Algorithm.FIXED_WINDOW, 1, 60_000)
+    await storage.decide([spec])
+    denied = await storage.decide([spec])
+    state = denied.states[0]
+    assert 0 < state.retry_after_ms == state.reset_ms <= 60_000
+
+
+async def test_refund_and_reset_undo_charges(storage: RedisStorage) -> None:
+    """refund() gives back a charge of every algorithm; reset() forgets the spec entirely."""
+    base = tag()
+    specs = [LimitSpec(f"{base}:{a.name}", a, 5, LONG_MS) for a in Algorithm]
+    await storage.decide(specs)
+    await storage.decide(specs)
+    refunded = await storage.refund(specs)
+    assert [s.remaining for s in refunded.states] == [4, 4, 4, 4]
+    for spec in specs:
+        await storage.reset(spec)
+    assert [(await storage.peek(s)).remaining for s in specs] == [5, 5, 5, 5]
+
+
+async def test_script_reloaded_after_script_flush(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    """After SCRIPT FLUSH the next decision reloads decide.lua (NOSCRIPT) and succeeds."""
+    spec = LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, 5, LONG_MS)
+    await storage.decide([spec])
+    redis_server.node.cmd("SCRIPT", "FLUSH")
+    outcome = await storage.decide([spec])
+    assert outcome.allowed
+    assert outcome.states[0].remaining == 3
+
+
+async def test_decisions_of_one_tick_share_one_write(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    """100 decisions made together cost a handful of socket writes and 100 EVALSHAs."""
+    await storage.ping()
+    specs = [LimitSpec(f"{tag()}:p", Algorithm.SLIDING_WINDOW, 10, 60_000) for _ in range(100)]
+    before = storage.client.writes
+    redis_server.node.cmd("CONFIG", "RESETSTAT")
+    outcomes = await asyncio.gather(*(storage.decide([s]) for s in specs))
+    stats = redis_server.node.cmd("INFO", "commandstats")
+    assert all(o.allowed for o in outcomes)
+    assert storage.client.writes - before <= 100 // 16 + 1
+    assert stats["cmdstat_evalsha"]["calls"] == 100
+
+
+async def test_script_and_argument_errors_are_storage_errors(storage: RedisStorage) -> None:
+    """A spec the script rejects raises StorageError: an error is never an "allowed"."""
+    bad = LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, 0, 1000)
+    with pytest.raises(StorageError, match="bad spec"):
+        await storage.decide([bad])
+
+
+async def test_heartbeat_counts_live_instances(storage: RedisStorage) -> None:
+    """Instances that stop beating drop out of the count once their TTL has passed."""
+    store = RedisStorage(storage.client, key_prefix=f"hb{uuid.uuid4().hex[:8]}", timeout_ms=2000)
+    assert await store.heartbeat("a", 300) == 1
+    assert await store.heartbeat("b", 60_000) == 2
+    await asyncio.sleep(0.4)
+    assert await store.heartbeat("b", 60_000) == 1
+
+
+async def test_every_key_written_has_a_ttl(fresh_redis: RedisServer) -> None:
+    """After decisions, peeks, refunds, resets and heartbeats of every kind no key lacks a TTL."""
+    store = RedisStorage.from_config(StorageConfig(url=fresh_redis.url, timeout_ms=2000))
+    try:
+        base = tag()
+        specs = [LimitSpec(f"{base}:{a.name}", a, 3, 5000, cost=2) for a in Algorithm]
+        for _ in range(3):
+            await store.decide(specs)
+            await store.decide(specs[:2])
+            await store.decide([specs[3]])
+        await store.refund(specs)
+        await store.decide(specs)
+        await store.peek(specs[2])
+        await store.reset(specs[0])
+        await store.heartbeat("i", 1000)
+        assert fresh_redis.node.cmd("DBSIZE") >= 4
+        assert fresh_redis.keys_without_ttl() == []
+    finally:
+        await store.aclose()
