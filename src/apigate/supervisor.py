@@ -224,6 +224,11 @@ class Supervisor:
             dashboard_html=dashboard,
         )
 
+    def _current(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("the admin plane runs only after the runtime is built")
+        return self._runtime
+
     async def _admin_reload(self, request: AdminRequest) -> AdminResponse:
         ok, message = await self.reload()
         if ok:
@@ -240,7 +245,8 @@ class Supervisor:
         # A dead Redis makes the instance unready only when the config says to refuse
         # traffic without it; with `open` or `local` every instance would otherwise leave
         # the load balancer at once and the failure mode would never apply.
-        if self._config.storage.on_failure == "closed" and not await self._runtime.limiter.ping():
+        closed = self._config.storage.on_failure == "closed"
+        if closed and not await self._current().limiter.ping():
             return False, "rate-limit storage unreachable"
         return True, "ready"
 
