@@ -11,7 +11,7 @@ import time
 from apigate.config.model import RouteConfig
 from apigate.http.body import BodyAborted, BodyTooLarge
 from apigate.http.errors import HttpError
-from apigate.http.request import Request
+from apigate.http.request import HeaderView, Request
 from apigate.http.response import ResponseWriter
 from apigate.http.server import HttpConnection
 from apigate.identity import Caller
@@ -111,17 +111,13 @@ class Gateway:
         outcome.route = route.name
         outcome.upstream = route.upstream
         caller = Caller(client_ip)
-        headers: dict[str, str] | None = None
-        if route.auth != "none" or route.rate_limits or runtime.consumer_limits:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+        headers = HeaderView(request.headers)
         if route.auth != "none":
-            assert headers is not None
             caller = await runtime.authenticate(route, headers, request.query, client_ip)
             outcome.consumer = caller.consumer
         response_headers = [(b"x-request-id", request_id.encode())]
         policies = runtime.policies_for(route, caller)
         if policies:
-            assert headers is not None
             verdict = await runtime.limiter.check(
                 route=route.name, policy_names=policies, caller=caller, headers=headers
             )

@@ -2,7 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from apigate.http.body import RequestBody
+
+
+class HeaderView(Mapping[str, str]):
+    """A read-only ``str -> str`` view of the request headers, looked up on demand.
+
+    Auth and rate-limit keys read one or two headers; building a dict of all of them for
+    every request would cost more than scanning the list for those few.
+    ``HeaderView([(b"x-tenant", b"acme")])["x-tenant"]`` -> ``"acme"``.
+    """
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self._headers = headers
+
+    def __getitem__(self, name: str) -> str:
+        key = name.lower().encode("latin-1")
+        for header, value in self._headers:
+            if header == key:
+                return value.decode("latin-1")
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        seen = dict.fromkeys(name.decode("latin-1") for name, _ in self._headers)
+        return iter(seen)
+
+    def __len__(self) -> int:
+        return len({name for name, _ in self._headers})
 
 
 class Request:
