@@ -1,0 +1,281 @@
+"""HTTP/1.x on the client side: keep-alive, pipelining, 1.0, bodies both ways, 100-continue,
+bodiless responses, trailers and Upgrade tunnels, against a real ``apigate run``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Iterator
+
+import pytest
+from tests.integration.http.helpers import gateway_config, route, upstream
+from tests.integration.http.rawclient import RawClient, get
+from tests.support.gateway import Gateway, running_gateway
+from tests.support.upstreams import ScriptedUpstream, UpstreamConn, UpstreamLoop, echo_json
+
+
+@pytest.fixture(scope="module")
+def scripted(upstream_loop: UpstreamLoop) -> ScriptedUpstream:
+    return upstream_loop.serve("script")
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    scripted: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    config = gateway_config(
+        {"script": upstream(scripted.url, read_timeout_s=5)},
+        [route("all", "script", path_prefix="/")],
+    )
+    with running_gateway(config, tmp_path_factory.mktemp("protocol")) as gw:
+        yield gw
+
+
+@pytest.fixture(autouse=True)
+def _fresh(scripted: ScriptedUpstream) -> None:
+    scripted.reset()
+
+
+def test_keepalive_serves_two_requests_on_one_connection(gateway: Gateway) -> None:
+    """An HTTP/1.1 connection stays open after a response and serves a second request."""
+    with RawClient(gateway.port) as client:
+        first = client.request(get("/one"))
+        second = client.request(get("/two"))
+        assert (first.status, second.status) == (200, 200)
+        assert first.json()["target"] == "/one"
+        assert second.json()["target"] == "/two"
+        assert first.header("connection") is None
+        assert not client.is_closed(0.2)
+
+
+def test_pipelined_requests_are_answered_in_order(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """Three requests sent in one write get three responses in request order (slow first one)."""
+
+    async def slow_first(conn: UpstreamConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == "/slow":
+                await asyncio.sleep(0.3)
+            await conn.respond(200, echo_json(request))
+
+    scripted.reset(slow_first)
+    with RawClient(gateway.port) as client:
+        client.send(get("/slow") + get("/b") + get("/c"))
+        targets = [client.read_response().json()["target"] for _ in range(3)]
+    assert targets == ["/slow", "/b", "/c"]
+
+
+def test_http10_client_is_closed_after_the_response(gateway: Gateway) -> None:
+    """An HTTP/1.0 request without keep-alive gets its response and then the connection closes."""
+    with RawClient(gateway.port) as client:
+        response = client.request(b"GET /old HTTP/1.0\r\nHost: gw.test\r\n\r\n")
+        assert response.status == 200
+        assert response.version == "HTTP/1.0"
+        assert response.json()["target"] == "/old"
+        assert client.is_closed()
+
+
+def test_http10_keepalive_when_the_client_asks(gateway: Gateway) -> None:
+    """HTTP/1.0 with ``Connection: keep-alive`` keeps the connection for a second request."""
+    head = b"GET /k HTTP/1.0\r\nHost: gw.test\r\nConnection: keep-alive\r\n\r\n"
+    with RawClient(gateway.port) as client:
+        first = client.request(head)
+        assert first.status == 200
+        assert (first.header("connection") or "").lower() == "keep-alive"
+        assert client.request(head).status == 200
+
+
+def _post(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+def test_content_length_upload_reaches_upstream_intact(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """A 300 KiB Content-Length body arrives byte for byte, framed with the same length."""
+    body = os.urandom(300 * 1024)
+    with RawClient(gateway.port) as client:
+        assert client.request(_post("/up", body)).status == 200
+    request = scripted.requests[0]
+    assert request.header("content-length") == str(len(body))
+    assert request.body == body
+
+
+def test_chunked_upload_reaches_upstream_intact(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """A chunked request body is streamed on chunked and arrives complete."""
+    parts = [os.urandom(n) for n in (1, 1000, 70000, 5)]
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    head = b"POST /c HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with RawClient(gateway.port) as client:
+        assert client.request(head + chunks).status == 200
+    request = scripted.requests[0]
+    assert request.header("transfer-encoding") == "chunked"
+    assert request.header("content-length") is None
+    assert request.body == b"".join(parts)
+
+
+def test_8_mib_upload_passes(gateway: Gateway, scripted: ScriptedUpstream) -> None:
+    """An 8 MiB body (under the 10 MiB default limit) is proxied whole."""
+    body = os.urandom(8 * 1024 * 1024)
+    with RawClient(gateway.port, timeout=20) as client:
+        response = client.request(_post("/big", body))
+    assert response.status == 200
+    assert hashlib.sha256(scripted.requests[0].body).digest() == hashlib.sha256(body).digest()
+
+
+def test_large_chunked_response_streams_to_the_client(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """A 16 MiB chunked upstream response reaches the client complete and unchanged."""
+    piece = os.urandom(64 * 1024)
+
+    async def chunked(conn: UpstreamConn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(256):
+            await conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await conn.send(b"0\r\n\r\n")
+
+    scripted.reset(chunked)
+    with RawClient(gateway.port, timeout=20) as client:
+        response = client.request(get("/stream"))
+    assert response.status == 200
+    assert len(response.body) == 256 * len(piece)
+    assert response.body == piece * 256
+
+
+def test_expect_100_continue(gateway: Gateway, scripted: ScriptedUpstream) -> None:
+    """``Expect: 100-continue`` gets ``100 Continue``, then the body goes up and the answer back."""
+    head = (
+        b"PUT /e HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    with RawClient(gateway.port) as client:
+        interim = client.request(head)
+        assert interim.status == 100
+        client.send(b"hello")
+        final = client.read_response()
+    assert final.status == 200
+    assert scripted.requests[0].body == b"hello"
+    assert scripted.requests[0].header("expect") is None
+
+
+@pytest.mark.parametrize(
+    ("method", "upstream_reply"),
+    [
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"),
+        ("GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"),
+    ],
+    ids=["head", "204", "304"],
+)
+def test_bodiless_responses_keep_the_connection_usable(
+    gateway: Gateway, scripted: ScriptedUpstream, method: str, upstream_reply: bytes
+) -> None:
+    """HEAD, 204 and 304 answers carry no body bytes and the connection serves the next request."""
+
+    async def reply(conn: UpstreamConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == "/bodiless":
+                await conn.send(upstream_reply)
+            else:
+                await conn.respond(200, b"next")
+
+    scripted.reset(reply)
+    with RawClient(gateway.port) as client:
+        head = f"{method} /bodiless HTTP/1.1\r\nHost: gw.test\r\n\r\n".encode()
+        first = client.request(head, head=True)
+        assert first.status == {"HEAD": 200}.get(method, int(upstream_reply[9:12]))
+        if method == "HEAD":
+            assert first.header("content-length") == "1234"
+        else:
+            assert first.header("content-length") is None
+            assert first.header("transfer-encoding") is None
+        second = client.request(get("/after"))
+        assert second.status == 200
+        assert second.body == b"next"
+
+
+def test_request_trailers_are_not_forwarded_as_headers(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """Trailer fields of a chunked request never reach the upstream, as headers or as trailers."""
+    data = (
+        b"POST /t HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Smuggled: yes\r\nX-Request-ID: evil\r\n\r\n"
+    )
+    with RawClient(gateway.port) as client:
+        response = client.request(data)
+        assert response.status == 200
+        assert client.request(get("/after")).status == 200
+    request = scripted.requests[0]
+    assert request.body == b"abc"
+    assert "x-smuggled" not in request.names()
+    assert request.header("x-request-id") != "evil"
+    assert request.trailers == []
+
+
+def test_upgrade_is_tunnelled_both_ways_after_101(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """After the upstream answers 101, bytes flow unchanged in both directions until close."""
+
+    async def websocket(conn: UpstreamConn) -> None:
+        request = await conn.read_head()
+        assert request is not None
+        await conn.send(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            b"hello-from-upstream"
+        )
+        while data := await conn.read_some():
+            await conn.send(data.upper())
+
+    scripted.reset(websocket)
+    head = (
+        b"GET /ws HTTP/1.1\r\nHost: gw.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with RawClient(gateway.port) as client:
+        response = client.request(head)
+        assert response.status == 101
+        assert (response.header("upgrade") or "").lower() == "websocket"
+        client.sock.settimeout(5)
+        received = client.leftover()
+        while len(received) < len(b"hello-from-upstream"):
+            received += client.sock.recv(100)
+        assert received == b"hello-from-upstream"
+        for message in (b"\x81\x05frame", b"z" * 3000):
+            client.send(message)
+            expected = message.upper()
+            got = b""
+            while len(got) < len(expected):
+                got += client.sock.recv(65536)
+            assert got == expected
+    request = scripted.requests[0]
+    assert (request.header("upgrade") or "").lower() == "websocket"
+    assert request.header("sec-websocket-key") == "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def test_refused_upgrade_leaves_the_connection_answering(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """When the upstream answers an Upgrade request with 200, the next request is answered or the
+    connection is closed: it never hangs with the request unanswered."""
+    scripted.reset()
+    head = b"GET /ws HTTP/1.1\r\nHost: gw.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    with RawClient(gateway.port, timeout=3) as client:
+        assert client.request(head).status == 200
+        client.send(get("/next"))
+        try:
+            answered = client.read_response().status == 200
+        except (ConnectionError, TimeoutError):
+            answered = False
+        closed = not answered and client.is_closed(0.5)
+    assert answered or closed
