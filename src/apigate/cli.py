@@ -41,7 +41,8 @@ def _run(args: argparse.Namespace) -> int:
 
             address = parse_host_port(args.demo_upstream)
             await serve_demo(address.host, address.port)
-        return await Supervisor(path, config, workers=args.workers).run()
+        supervisor = Supervisor(path, config, workers=args.workers, watch=args.watch)
+        return await supervisor.run()
 
     with contextlib.suppress(KeyboardInterrupt):
         return uvloop.run(main())
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gateway (supervisor + workers)")
     run.add_argument("--config", help="config file (default: $APIGATE_CONFIG)")
     run.add_argument("--workers", type=int, help="worker processes (overrides server.workers)")
+    run.add_argument("--watch", action="store_true",
+                     help="reload when the config file changes (as SIGHUP does)")
     run.add_argument("--demo-upstream", metavar="HOST:PORT",
                      help="also serve a small JSON echo upstream here (for trying apigate out)")
     run.set_defaults(func=_run)

@@ -52,8 +52,11 @@ def worker_count(config: Config, override: int | None) -> int:
 
 
 class Supervisor:
-    def __init__(self, config_path: str, config: Config, *, workers: int | None) -> None:
+    def __init__(
+        self, config_path: str, config: Config, *, workers: int | None, watch: bool = False
+    ) -> None:
         self._path = config_path
+        self._watch_config = watch
         self._config = config
         self._count = worker_count(config, workers)
         self._workers = [WorkerProcess(i) for i in range(self._count)]
@@ -90,6 +93,9 @@ class Supervisor:
             loop.add_signal_handler(signal.SIGTERM, self._begin_shutdown)
             loop.add_signal_handler(signal.SIGINT, self._begin_shutdown)
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+            if self._watch_config:
+                watcher = loop.create_task(self._watch_file())
+                stack.callback(watcher.cancel)
             log.info("apigate started", extra={"workers": self._count,
                                               "listen": str(self._config.server.listen)})
             await self._stopping.wait()
@@ -157,6 +163,24 @@ class Supervisor:
         self._signal_workers(signal.SIGHUP)
         log.info("config reloaded")
         return True, "reloaded"
+
+    async def _watch_file(self, interval_s: float = 1.0) -> None:
+        """Reload when the file's mtime or size changes (``apigate run --watch``)."""
+
+        def stamp() -> tuple[float, int] | None:
+            try:
+                info = os.stat(self._path)
+            except OSError:
+                return None
+            return info.st_mtime, info.st_size
+
+        last = await asyncio.to_thread(stamp)
+        while True:
+            await asyncio.sleep(interval_s)
+            current = await asyncio.to_thread(stamp)
+            if current is not None and current != last:
+                last = current
+                await self.reload()
 
     def _begin_shutdown(self) -> None:
         if self._draining:

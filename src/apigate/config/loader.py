@@ -102,7 +102,7 @@ def parse_config(
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [("", f"not valid YAML: {exc}")]) from None
+        raise ConfigError(source, [("", _yaml_problem(exc))]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -122,6 +122,15 @@ def parse_config(
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``"not valid YAML at line 29, column 1: expected the node content..."``."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return f"not valid YAML: {problem}"
+    return f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
