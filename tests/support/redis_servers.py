@@ -76,7 +76,12 @@ class RedisNode:
         argv += ["--port", str(self.port), "--bind", HOST, "--dir", str(self.workdir),
                  "--logfile", str(self.workdir / "redis.log"), "--protected-mode", "no"]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: self.cmd("PING") is True, 10, f"redis on port {self.port}")
+        wait_until(self._answers, 10, f"redis on port {self.port}")
+
+    def _answers(self) -> bool:
+        with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
 
     def client(self) -> redis.Redis:
         """A synchronous client (test helper only); close it after use."""

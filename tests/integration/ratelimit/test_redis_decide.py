@@ -7,11 +7,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from tests.support.redis_servers import RedisServer
 
 from apigate.config.model import StorageConfig
 from apigate.ratelimit.storage.base import Algorithm, LimitSpec, StorageError
 from apigate.ratelimit.storage.redis import RedisStorage
-from tests.support.redis_servers import RedisServer
 
 LONG_MS = 10_000_000_000  # ~115 days: no window boundary falls inside a test
 
