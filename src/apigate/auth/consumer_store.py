@@ -18,6 +18,7 @@ TTL", which is why they live under their own ``:consumers}`` namespace. Records 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -66,8 +67,10 @@ class Consumer:
 class RedisConsumerStore:
     """Reads and writes consumer records; every write is one Lua script (atomic, one slot)."""
 
-    def __init__(self, client: RedisClient, key_prefix: str) -> None:
+    def __init__(self, client: RedisClient, key_prefix: str,
+                 *, also_close: Sequence[Redis] = ()) -> None:
         self._client = client
+        self._also_close = tuple(also_close)  # e.g. the Sentinel's own connections
         tag = "{" + key_prefix + ":consumers}"
         self._names = f"{tag}:names"
         self._version = f"{tag}:version"
@@ -129,6 +132,8 @@ class RedisConsumerStore:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        for client in self._also_close:
+            await client.aclose()
 
     async def _eval(self, script: str, keys: list[str], args: list[str]) -> Any:
         # Admin writes are rare, so plain EVAL (no SHA cache to invalidate) keeps this simple.
@@ -152,8 +157,10 @@ def _strings(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def connect(url: str) -> RedisClient:
-    """A redis-py asyncio client for a storage URL (connections open lazily, on first use).
+def connect(url: str) -> tuple[RedisClient, list[Redis]]:
+    """A redis-py asyncio client for a storage URL, and the helper clients to close with it.
+
+    Connections open lazily, on first use.
 
     ``redis://h:6379/0`` and ``rediss://`` -> Redis; ``redis+sentinel://h1:26379,h2:26379/
     mymaster[/db]`` -> the Sentinel master; ``redis+cluster://h1:7000,h2:7001`` -> RedisCluster.
@@ -166,7 +173,7 @@ def connect(url: str) -> RedisClient:
     }
     if scheme in ("redis", "rediss"):
         client: Redis = Redis.from_url(url, **common)
-        return client
+        return client, []
     parts = urlsplit(url)
     hosts = _hosts(parts.netloc.rpartition("@")[2])
     auth: dict[str, Any] = {
@@ -175,13 +182,13 @@ def connect(url: str) -> RedisClient:
     }
     if scheme == "redis+cluster":
         nodes = [ClusterNode(host, port) for host, port in hosts]
-        return RedisCluster(startup_nodes=nodes, **auth, **common)
+        return RedisCluster(startup_nodes=nodes, **auth, **common), []
     if scheme == "redis+sentinel":
         service, _, db = parts.path.strip("/").partition("/")
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             hosts, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S)
         master: Redis = sentinel.master_for(service, db=int(db or 0), **auth, **common)
-        return master
+        return master, list(sentinel.sentinels)
     raise ValueError(f"no Redis in storage URL {url!r}")
 
 

@@ -157,7 +157,8 @@ class ConsumerDirectory:
         """A directory with Redis consumers when ``storage.url`` is a Redis URL."""
         if config.storage.url.startswith("memory://"):
             return cls(config)
-        store = RedisConsumerStore(connect(config.storage.url), config.storage.key_prefix)
+        client, helpers = connect(config.storage.url)
+        store = RedisConsumerStore(client, config.storage.key_prefix, also_close=helpers)
         return cls(config, sync=_RedisSync(store, poll_interval_s))
 
     def with_config(self, config: Config) -> ConsumerDirectory:

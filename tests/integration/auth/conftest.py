@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,21 @@ def start_redis(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def consumer_cluster() -> Iterator[Any]:
+    """A 6-node Redis Cluster from the shared test support, for this module."""
+    from tests.support.redis_servers import start_cluster
+
+    with start_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def consumer_sentinel() -> Iterator[Any]:
+    """Master, replica and three sentinels from the shared test support, for this module."""
+    from tests.support.redis_servers import start_sentinel
+
+    with start_sentinel() as setup:
+        yield setup
