@@ -10,6 +10,7 @@ import sys
 
 from apigate import __version__
 from apigate.config import ConfigError, json_schema, load_config
+from apigate.config.loader import memory_workers_problem
 from apigate.config.types import parse_host_port
 
 
@@ -25,6 +26,10 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         config = load_config(path)
+        if args.workers is not None and config.storage.url.startswith("memory:"):
+            problem = memory_workers_problem(args.workers) if config.rate_limits else None
+            if problem:
+                raise ConfigError(path, [("storage.url", f"{problem} (--workers)")])
         check_listen(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -165,9 +165,24 @@ def check_references(config: Config) -> Iterable[tuple[str, str]]:
         for j, limit in enumerate(consumer.rate_limits):
             if limit not in config.rate_limits:
                 yield f"consumers.{name}.rate_limits[{j}]", f"no rate limit named {limit!r}"
+    if config.storage.url.startswith("memory:") and config.rate_limits:
+        message = memory_workers_problem(config.server.workers)
+        if message:
+            yield "storage.url", message
     jwt = config.auth.jwt
     if jwt is not None and jwt.jwks_file and not os.path.isfile(jwt.jwks_file):
         yield "auth.jwt.jwks_file", f"no such file {jwt.jwks_file!r}"
+
+
+def memory_workers_problem(workers: int | str) -> str | None:
+    """memory:// counters live in one process: with several workers a limit would multiply."""
+    if workers == 1:
+        return None
+    return (
+        f"memory:// keeps rate-limit counters inside one process, so with workers: {workers} "
+        "every limit would be multiplied by the number of workers; use workers: 1 or a "
+        "redis:// storage"
+    )
 
 
 def json_schema() -> str:
