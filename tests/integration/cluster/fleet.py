@@ -133,3 +133,16 @@ def wait_storage_decides(gateways: Sequence[Gateway], timeout_s: float = 20.0) -
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gateway {gateway.port} never used storage again")
             time.sleep(0.1)
+
+
+def stored_keys(setup: Any, prefix: str) -> list[str]:
+    """Keys starting with ``prefix`` on every live data node of a tests.support setup."""
+    found: set[str] = set()
+    for node in setup.nodes:
+        if node.alive and node.sentinel_conf is None:
+            client = node.client()
+            try:
+                found.update(k.decode() for k in client.scan_iter(match=f"{prefix}*", count=1000))
+            finally:
+                client.close()
+    return sorted(found)

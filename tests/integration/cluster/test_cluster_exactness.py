@@ -1,0 +1,72 @@
+"""Exact limits across instances: three gateways (4 worker processes) racing on one storage.
+
+400 requests over 40 simultaneous connections spread over the three instances must yield
+exactly the limit of 200s and 429 for the rest, for every algorithm, on a single Redis, on a
+6-node Redis Cluster and behind Sentinel. Windows are one day long, so nothing expires or
+refills during a run (sliding_window is exact while its previous window is empty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tests.integration.cluster.fleet import gateway_config, running_fleet, stored_keys, targets
+from tests.integration.cluster.traffic import blast, statuses
+from tests.support.gateway import Gateway
+
+pytestmark = pytest.mark.slow
+
+TOTAL, CONNECTIONS = 400, 40
+POLICIES = {
+    "fixed": {"limit": 100, "window": "1d", "algorithm": "fixed_window"},
+    "sliding": {"limit": 100, "window": "1d", "algorithm": "sliding_window"},
+    "log": {"limit": 100, "window": "1d", "algorithm": "sliding_log"},
+    "bucket": {"limit": 80, "burst": 20, "window": "1d", "algorithm": "token_bucket"},
+}
+ALLOWED = {"fixed": 100, "sliding": 100, "log": 100, "bucket": 100}
+
+STORAGES = [
+    pytest.param("redis_storage", id="redis"),
+    pytest.param("cluster_storage", id="cluster", marks=pytest.mark.redis_cluster),
+    pytest.param("sentinel_storage", id="sentinel", marks=pytest.mark.sentinel),
+]
+
+
+@pytest.fixture(scope="module", params=STORAGES)
+def storage(request: pytest.FixtureRequest) -> Any:
+    """The shared storage of the session, one kind per module-scoped run."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    storage: Any, upstream_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Gateway]]:
+    """Three instances on ``storage``: one worker, one worker, two workers."""
+    config = gateway_config(storage_url=storage.url, upstream_port=upstream_port,
+                            policies=POLICIES)
+    with running_fleet(config, tmp_path_factory.mktemp("fleet"), workers=[1, 1, 2]) as gws:
+        yield gws
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_exactly_the_limit_is_allowed_across_instances(
+    fleet: list[Gateway], policy: str
+) -> None:
+    """Concurrent requests on three instances get exactly `limit (+ burst)` 200s, rest 429."""
+    results = blast(targets(fleet), total=TOTAL, connections=CONNECTIONS, path=f"/{policy}")
+    allowed = ALLOWED[policy]
+    assert statuses(results) == {200: allowed, 429: TOTAL - allowed}
+    assert all(r.retry_after is not None for r in results if r.status == 429)
+
+
+def test_every_key_has_a_ttl(fleet: list[Gateway], storage: Any) -> None:
+    """After the load, no counter key on any node lives forever (consumer records excepted)."""
+    for policy in POLICIES:
+        blast(targets(fleet), total=20, connections=4, path=f"/{policy}")
+    prefix = fleet[0].config["storage"]["key_prefix"]
+    assert len(stored_keys(storage, prefix + ":")) >= len(POLICIES)
+    leaked = [k for k in storage.keys_without_ttl() if ":consumers:" not in k]
+    assert leaked == []
