@@ -159,6 +159,10 @@ class Supervisor:
             previous=old,
         )
         await self._runtime.auth.start()
+        if old is not None:
+            await old.auth.aclose()
+            if old.limiter is not self._runtime.limiter and old.config.storage != config.storage:
+                await old.limiter.aclose()
         self._config = config
         self._signal_workers(signal.SIGHUP)
         log.info("config reloaded")

@@ -122,6 +122,8 @@ class Worker:
             asyncio.get_running_loop().call_later(
                 config.server.shutdown_grace_s, _close_later, old
             )
+        else:
+            await old.auth.aclose()  # releases its share of the consumer poller new.auth kept
         self._metrics.config_reload(True)
         log.info("config reloaded")
         return True
