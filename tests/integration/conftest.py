@@ -51,7 +51,10 @@ def redis_cluster() -> Iterator[RedisCluster]:
 
 @pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[RedisSentinel]:
-    """A master, a replica and three sentinels (``mymaster``), started once per session."""
+    """A master, a replica and three sentinels (``mymaster``), started once per session.
+
+    The failover test swaps the roles; tests must ask ``master_port()`` rather than assume.
+    """
     _need_redis()
     with start_sentinel() as setup:
         yield setup

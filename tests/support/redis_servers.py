@@ -330,7 +330,10 @@ class RedisSentinel(_Setup):
         wait_until(ready, timeout, "sentinels to see the replica and each other")
 
     def failover(self, timeout: float = 20) -> int:
-        """``SENTINEL FAILOVER mymaster``; the new master's port once it is writable."""
+        """``SENTINEL FAILOVER mymaster``; the new master's port once it is a master.
+
+        Sentinel demotes the old master only at its next INFO poll (up to ~10 s later).
+        """
         old = self.master_port()
         self.sentinels[0].cmd("SENTINEL", "FAILOVER", "mymaster")
 

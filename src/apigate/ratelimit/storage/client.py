@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from apigate.ratelimit.storage.base import StorageError
@@ -24,6 +24,7 @@ from apigate.ratelimit.storage.resp import (
 )
 
 Resolver = Callable[[], Awaitable[Endpoint]]
+Watch = Callable[["RespClient"], Coroutine[Any, Any, None]]
 
 
 class RespClient:
@@ -39,6 +40,7 @@ class RespClient:
         backoff_max: float = 1.0,
         require_master: bool = False,
         drop_on_readonly: bool = False,
+        watch: Watch | None = None,
     ) -> None:
         self._resolve = resolve
         self._scripts = tuple(scripts)
@@ -47,6 +49,8 @@ class RespClient:
         self._backoff_max = backoff_max
         self._require_master = require_master
         self._drop_on_readonly = drop_on_readonly
+        self._watch = watch  # runs in the background from the first connection to aclose()
+        self._watcher: asyncio.Task[None] | None = None
         self._counters = _Counters()
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
@@ -150,6 +154,10 @@ class RespClient:
     async def aclose(self) -> None:
         """Close the connection and stop connecting; idempotent."""
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watcher
         if self._connecting is not None:
             self._connecting.cancel()
             with contextlib.suppress(BaseException):
@@ -190,6 +198,8 @@ class RespClient:
             self._conn = task.result()
             if self._closed:
                 self._conn.close()
+            elif self._watch is not None and self._watcher is None:
+                self._watcher = loop.create_task(self._watch(self))
             return
         self._failures += 1
         self._retry_at = loop.time() + min(self._backoff_max, 0.05 * 2 ** (self._failures - 1))

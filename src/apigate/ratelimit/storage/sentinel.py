@@ -2,14 +2,17 @@
 
 The hot path is the same coalescing RESP client as ``RedisStorage``; only how it connects
 changes: every (re)connect asks the sentinels for the master's address and checks ``ROLE``.
-A connection lost in a failover, or a ``READONLY`` answer from a demoted master, drops the
-connection, so the next decision connects to the new master without a restart.
+A connection lost in a failover, a ``READONLY`` answer from a demoted master, or Sentinel
+naming another master (checked every ``WATCH_S``) drops the connection, so the next decision
+connects to the new master without a restart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from apigate.config.model import StorageConfig
@@ -19,6 +22,9 @@ from apigate.ratelimit.storage.redis import DECIDE, HEARTBEAT, RedisStorage
 from apigate.ratelimit.storage.resp import Endpoint
 
 SENTINEL_TIMEOUT_S = 0.5
+# A forced failover leaves the old master writable until Sentinel demotes it (~10 s later, at
+# its next INFO poll); asking the sentinels this often moves us to the new master sooner.
+WATCH_S = 1.0
 
 
 def parse_sentinel_url(url: str) -> tuple[list[Endpoint], str, Endpoint]:
@@ -81,6 +87,23 @@ class SentinelResolver:
         raise StorageError(f"no sentinel named a master: {'; '.join(errors)}")
 
 
+def follow_master(resolve: SentinelResolver) -> Callable[[RespClient], Coroutine[Any, Any, None]]:
+    """A watch that drops the client's connection when Sentinel names another master."""
+
+    async def watch(client: RespClient) -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
+            try:
+                master = await resolve()
+            except StorageError:
+                continue
+            current = client.endpoint
+            if current is not None and (master.host, master.port) != (current.host, current.port):
+                client.drop()
+
+    return watch
+
+
 class SentinelStorage(RedisStorage):
     """``RedisStorage`` whose connection follows the master Sentinel names."""
 
@@ -88,11 +111,13 @@ class SentinelStorage(RedisStorage):
     def from_config(cls, config: StorageConfig) -> SentinelStorage:
         """Build from ``redis+sentinel://[user:pass@]h1:26379,h2:26379/mymaster[/db]``."""
         sentinels, service, master = parse_sentinel_url(config.url)
+        resolve = SentinelResolver(sentinels, service, master)
         client = RespClient(
-            SentinelResolver(sentinels, service, master),
+            resolve,
             scripts=(DECIDE, HEARTBEAT),
             connect_timeout=2.0,
             require_master=True,
             drop_on_readonly=True,
+            watch=follow_master(resolve),
         )
         return cls(client, key_prefix=config.key_prefix, timeout_ms=config.timeout_ms)
