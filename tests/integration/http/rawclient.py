@@ -55,6 +55,10 @@ class RawClient:
         self._buffer += data
         return bool(data)
 
+    def read_until(self, separator: bytes) -> bytes:
+        """Raw bytes up to and including ``separator``."""
+        return self._take_until(separator)
+
     def _take_until(self, separator: bytes) -> bytes:
         while (index := self._buffer.find(separator)) < 0:
             if not self._fill():
