@@ -121,7 +121,9 @@ def test_workers_auto_means_one_per_cpu() -> None:
     ],
 )
 def test_bad_workers_value_is_refused(value: str, message: str) -> None:
-    """workers must be 1-256 or the word auto."""
+    """workers must be 1-256 or the word auto; every error line names exactly ``server.workers``
+    (no union member such as ``server.workers.int`` leaks into the path)."""
     with pytest.raises(ConfigError) as refused:
         parse_config(f"server:\n  workers: {value}\n", source="t.yaml", env={})
     assert str(refused.value).startswith(message)
+    assert all(line.startswith("t.yaml: server.workers: ") for line in refused.value.lines())
