@@ -143,3 +143,88 @@ def wrk(url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1) 
 
 def workdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="apigate-bench-")
+
+
+def wrk_run(url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1,
+            headers: tuple[str, ...] = (), script: Path | None = None) -> dict[str, float]:
+    """Like :func:`wrk`, with ``-H`` headers and a ``-s`` Lua script; adds ``requests`` (total)."""
+    command = [require("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for header in headers:
+        command += ["-H", header]
+    if script is not None:
+        command += ["-s", str(script)]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    if match is None or total is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    result = {"rps": float(match.group(1)), "requests": float(total.group(1))}
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    result["non2xx"] = float(bad.group(1)) if bad else 0.0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["errors"] = float(sum(int(g) for g in errors.groups())) if errors else 0.0
+    for pct in ("50", "99"):
+        lat = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        if lat:
+            value, unit = float(lat.group(1)), lat.group(2)
+            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+            result[f"p{pct}"] = value * scale
+    return result
+
+
+@contextmanager
+def redis_server(*, workdir: Path) -> Iterator[int]:
+    """A throw-away redis-server on a free loopback port, no persistence; yields the port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [require("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def redis_commandstats(port: int) -> dict[str, int]:
+    """``INFO commandstats`` as ``{"evalsha": calls, ...}`` (``info`` itself included)."""
+    out = subprocess.run(
+        [require("redis-cli"), "-p", str(port), "INFO", "commandstats"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"cmdstat_(\S+?):calls=(\d+)", out)}
+
+
+def stats_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Calls per command between two :func:`redis_commandstats` snapshots (``info`` dropped)."""
+    names = (set(before) | set(after)) - {"info"}
+    return {name: after.get(name, 0) - before.get(name, 0) for name in sorted(names)}
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def admin_port(data_port: int, *, workdir: Path) -> int:
+    """The admin port of the :func:`apigate` instance serving ``data_port`` (from its config)."""
+    config = yaml.safe_load((workdir / f"apigate-{data_port}.yaml").read_text())
+    return int(str(config["server"]["admin_listen"]).rsplit(":", 1)[1])
+
+
+def decision_counts(admin: int) -> dict[str, float]:
+    """``apigate_ratelimit_decisions_total`` from ``/metrics``, summed by decision.
+
+    Workers flush their metrics about once a second: wait that long after the load stops.
+    """
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    counts: dict[str, float] = {}
+    pattern = r'^apigate_ratelimit_decisions_total\{[^}]*decision="([a-z_]+)"[^}]*\} (\S+)$'
+    for match in re.finditer(pattern, text, re.MULTILINE):
+        counts[match.group(1)] = counts.get(match.group(1), 0.0) + float(match.group(2))
+    return counts

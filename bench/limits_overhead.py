@@ -1,0 +1,118 @@
+"""apigate with a Redis-backed limit on every request vs the same apigate without limits.
+
+Both gateways run one worker on the same nginx upstream; the limited one checks a policy so
+high that nothing is rejected, on its own redis-server. Rounds alternate between the two under
+the same wrk. Prints requests/s, the ratio (goal >= 0.90) and, from ``INFO commandstats``,
+Redis round trips (EVALSHA) and all Redis commands per request, and from ``/metrics`` the
+gateway's decisions by outcome (``failure_open`` means Redis did not answer within
+``storage.timeout_ms`` and the request went through undecided), for ``sliding_window`` and
+``fixed_window``. Run: ``python bench/limits_overhead.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from common import (
+    admin_port,
+    apigate,
+    decision_counts,
+    free_port,
+    median,
+    nginx,
+    nginx_upstream_block,
+    redis_commandstats,
+    redis_server,
+    stats_delta,
+    wait_port,
+    wrk_run,
+)
+from common import workdir as make_workdir
+
+GOAL = 0.90
+
+
+def gateway_config(upstream_port: int, redis_port: int | None, algorithm: str) -> dict[str, Any]:
+    """One catch-all route; with ``redis_port``, a never-reached per-client-IP limit on it."""
+    config: dict[str, Any] = {
+        "upstreams": {"bench": {"targets": [f"http://127.0.0.1:{upstream_port}"]}},
+        "routes": [{"name": "bench", "match": {"path_prefix": "/"}, "upstream": "bench"}],
+        "observability": {"access_log": False, "metrics": True},
+    }
+    if redis_port is not None:
+        config["storage"] = {"url": f"redis://127.0.0.1:{redis_port}/0"}
+        config["rate_limits"] = {
+            "high": {"limit": 1_000_000_000, "window": "1h", "algorithm": algorithm,
+                     "key": "client_ip"},
+        }
+        config["routes"][0]["rate_limits"] = ["high"]
+    return config
+
+
+def limited_run(args: argparse.Namespace, port: int, admin: int,
+                redis: int) -> tuple[dict[str, float], dict[str, int], dict[str, float]]:
+    """wrk on the limited gateway: its result, Redis calls and apigate decisions during it."""
+    stats, decisions = redis_commandstats(redis), decision_counts(admin)
+    result = wrk_run(f"http://127.0.0.1:{port}/bench", connections=args.connections,
+                     seconds=args.seconds)
+    delta = stats_delta(stats, redis_commandstats(redis))
+    time.sleep(1.5)  # workers flush metrics once a second
+    after = decision_counts(admin)
+    return result, delta, {k: v - decisions.get(k, 0.0) for k, v in after.items()}
+
+
+def compare(args: argparse.Namespace, work: Path, upstream: int, redis: int,
+            algorithm: str) -> float:
+    """Alternate plain and limited gateways for ``args.rounds``; print rounds; median ratio."""
+    with apigate(gateway_config(upstream, None, algorithm), workdir=work) as plain, apigate(
+        gateway_config(upstream, redis, algorithm), workdir=work
+    ) as limited:
+        admin = admin_port(limited, workdir=work)
+        for port in (plain, limited):  # warm up pools, caches and the Lua script
+            wrk_run(f"http://127.0.0.1:{port}/", connections=8, seconds=1)
+        ratios, evalsha, commands = [], [], []
+        for round_no in range(args.rounds):
+            base = wrk_run(f"http://127.0.0.1:{plain}/bench", connections=args.connections,
+                           seconds=args.seconds)
+            lim, delta, decisions = limited_run(args, limited, admin, redis)
+            ratios.append(lim["rps"] / base["rps"])
+            evalsha.append(delta.get("evalsha", 0) / lim["requests"])
+            commands.append(sum(delta.values()) / lim["requests"])
+            print(f"  round {round_no + 1}: no limits {base['rps']:,.0f} req/s | "
+                  f"Redis limit {lim['rps']:,.0f} req/s (non-2xx {lim['non2xx']:.0f}, "
+                  f"errors {lim['errors']:.0f}) | ratio {ratios[-1]:.2f}\n"
+                  f"    decisions: {', '.join(f'{k} {v:.0f}' for k, v in decisions.items() if v)}"
+                  f" | EVALSHA/request {evalsha[-1]:.3f}, Redis commands/request "
+                  f"{commands[-1]:.3f} ({', '.join(f'{k} {v}' for k, v in delta.items() if v)})")
+        print(f"{algorithm}: limited / unlimited median {median(ratios):.2f} (goal >= {GOAL}) | "
+              f"Redis round trips per decision (EVALSHA/request) {median(evalsha):.3f} | "
+              f"Redis commands per request (counting those run inside the script) "
+              f"{median(commands):.3f}")
+        return median(ratios)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
+    args = parser.parse_args()
+    with make_workdir() as tmp:
+        work = Path(tmp)
+        upstream = free_port()
+        with nginx(nginx_upstream_block(upstream), workdir=work), redis_server(
+            workdir=work
+        ) as redis:
+            wait_port(upstream)
+            for algorithm in args.algorithms:
+                print(f"{algorithm} ({args.connections} connections, {args.seconds} s, "
+                      f"{args.rounds} rounds):")
+                compare(args, work, upstream, redis, algorithm)
+
+
+if __name__ == "__main__":
+    main()
