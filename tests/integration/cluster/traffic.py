@@ -177,3 +177,29 @@ class ClientLoop:
                     time.sleep(0.01)  # a dead target: do not spin
         finally:
             client.close()
+
+
+def remaining(result: Result) -> int | None:
+    """``r`` of the first item of the RateLimit header: ``"p";r=41;t=9`` -> 41."""
+    if result.ratelimit is None or ";r=" not in result.ratelimit:
+        return None
+    return int(result.ratelimit.split(";r=", 1)[1].split(";", 1)[0].split(",", 1)[0])
+
+
+def assert_storage_exact(results: Sequence[Result], limit: int) -> None:
+    """Storage handed out each of the ``limit`` slots of a fixed window exactly once.
+
+    A 200 decided by storage carries ``r`` = what is left after it, so the allowed requests
+    must carry ``r`` = limit-1 .. 0, each once. A 200 without that header (``open``) or a 503
+    (``closed``) was answered by the failure mode because storage was too slow (a CPU-starved
+    worker missed ``timeout_ms``); such a request may or may not have been charged, so each
+    may leave one slot unseen. On a quiet machine there are none, and this is the plain
+    "exactly ``limit`` allowed, the rest 429".
+    """
+    allowed = [r for r in results if r.status == 200]
+    decided = [v for r in allowed if (v := remaining(r)) is not None]
+    failures = len(allowed) - len(decided) + sum(1 for r in results if r.status == 503)
+    assert set(statuses(results)) <= {200, 429, 503}, statuses(results)
+    assert len(set(decided)) == len(decided), f"a slot was handed out twice: {sorted(decided)}"
+    assert all(0 <= v < limit for v in decided), sorted(decided)
+    assert limit - failures <= len(decided) <= limit, (len(decided), failures)
