@@ -73,6 +73,21 @@ class RespClient:
         """Socket writes made so far (one per event-loop tick with commands)."""
         return self._counters.writes
 
+    def try_send(
+        self, args: Command, timeout_s: float, *, write_now: bool = False
+    ) -> asyncio.Future[Any] | None:
+        """Queue ``args`` on the open connection (its reply future), or None if not connected.
+
+        ``write_now`` writes the tick's buffer at once instead of at the end of the tick.
+        """
+        conn = self._conn
+        if conn is None or not conn.usable:
+            return None
+        fut = conn.send(args, timeout_s)
+        if write_now:
+            conn.flush()
+        return fut
+
     async def execute(self, args: Command, *, timeout_s: float) -> Any:
         """Send one command; its reply, or ReplyError / StorageError within ``timeout_s``."""
         conn = self._conn

@@ -18,6 +18,7 @@ from apigate.ratelimit.storage.base import (
     Storage,
     StorageError,
 )
+from apigate.ratelimit.storage.batch import DecisionBatcher
 from apigate.ratelimit.storage.client import RespClient
 from apigate.ratelimit.storage.resp import Arg, Command, Script, endpoint_from_url
 
@@ -52,6 +53,8 @@ def parse_outcome(reply: Any, count: int) -> Outcome:
     """``[1, 4, 900, 0]`` -> Outcome(True, (LimitState(4, 900, 0),)); anything else -> error."""
     if type(reply) is not list or len(reply) != 1 + 3 * count:
         raise StorageError(f"decide.lua returned {reply!r}")
+    if reply[0] == -1:
+        raise StorageError("decide.lua refused the request: bad spec (limit, window or cost)")
     if count == 1:
         return Outcome(reply[0] == 1, (LimitState(reply[1], reply[2], reply[3]),))
     states = tuple(
@@ -67,6 +70,7 @@ class RedisStorage(Storage):
         self.client = client
         self._instances_key = f"{key_prefix}:instances"
         self._timeout_s = timeout_ms / 1000
+        self.batcher = DecisionBatcher(client, DECIDE, parse_outcome, timeout_s=self._timeout_s)
 
     @classmethod
     def from_config(cls, config: StorageConfig) -> RedisStorage:
@@ -81,11 +85,11 @@ class RedisStorage(Storage):
         return parse_outcome(reply, len(specs))
 
     async def decide(self, specs: Sequence[LimitSpec]) -> Outcome:
-        """Check all ``specs`` and charge them all iff all allow: one EVALSHA."""
-        reply = await self.client.run_script(
-            DECIDE, decide_command(specs, MODE_DECIDE), timeout_s=self._timeout_s
-        )
-        return parse_outcome(reply, len(specs))
+        """Check all ``specs`` and charge them all iff all allow (one group of this tick's batch).
+
+        Every decision of one event-loop tick shares one EVALSHA (see ``batch.py``).
+        """
+        return await self.batcher.submit(specs, _CODE)
 
     async def peek(self, spec: LimitSpec) -> LimitState:
         """The state of ``spec`` for a request of ``spec.cost``; writes nothing."""

@@ -139,10 +139,10 @@ class _Connection(asyncio.Protocol):
             batch.append(fut)
         buf = self._buf
         if not buf:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         buf.append(_pack(args))
         if len(buf) >= FLUSH_EVERY:
-            self._flush()
+            self.flush()
         return fut
 
     def send_discard(self, args: Command) -> None:
@@ -150,11 +150,12 @@ class _Connection(asyncio.Protocol):
         if self._transport is None:
             raise StorageError("redis connection is closed")
         if not self._buf:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._buf.append(_pack(args))
         self._pending.append(None)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write everything queued so far (normally called once at the end of the tick)."""
         if not self._buf:
             return
         data, self._buf = b"".join(self._buf), []

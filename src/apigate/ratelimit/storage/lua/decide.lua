@@ -12,6 +12,10 @@
 --            3 reset:  delete every key of every spec, then answer as peek (apigate
 --                      extension, used by reset())
 -- Returns  {allowed, then per spec: remaining, reset_ms, retry_after_ms}.
+-- Batches (apigate extension): several such groups may follow each other, KEYS and ARGV
+-- concatenated in the same order; the reply is the groups' replies concatenated. Each group
+-- is checked and charged on its own, as if it were a call of its own. A group whose spec is
+-- invalid answers allowed = -1 (and zeros) without touching the others.
 --
 -- Time comes from the Redis server (TIME), in ms. Every key written gets its TTL in the same
 -- command (SET PX) or right after it in this script (ZADD + PEXPIRE). `remaining` describes
@@ -22,13 +26,6 @@
 
 local FIXED, SLIDING, LOG, TOKEN = 1, 2, 3, 4
 local DECIDE, PEEK, REFUND, RESET = 0, 1, 2, 3
-
-local n = tonumber(ARGV[1])
-local mode = n and tonumber(ARGV[2 + 5 * n])
-if not n or n < 1 or n ~= #KEYS or #ARGV ~= 2 + 5 * n or not mode or mode < DECIDE
-    or mode > RESET then
-  return redis.error_reply('ERR apigate decide: bad arguments')
-end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -73,121 +70,148 @@ local function refund(key, alg, limit, w, cost)
   end
 end
 
--- Parse and validate every spec; reset and refund act right away.
-local specs = {}
-for i = 1, n do
-  local b = 5 * (i - 1)
-  local alg, limit, w = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-  local burst, cost = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
-  if not alg or alg < FIXED or alg > TOKEN or not limit or limit < 1 or not w or w < 1
-      or not burst or burst < 0 or not cost or cost < 0 then
-    return redis.error_reply('ERR apigate decide: bad spec ' .. i)
+-- One group: specs at KEYS[k0 + i] and ARGV[a0 + 1 + 5 * (i - 1) ...]; appends to `out`.
+local function decide(k0, a0, n, mode, out)
+  local specs = {}
+  for i = 1, n do
+    local b = a0 + 5 * (i - 1)
+    local alg, limit, w = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+    local burst, cost = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
+    if not alg or alg < FIXED or alg > TOKEN or not limit or limit < 1 or not w or w < 1
+        or not burst or burst < 0 or not cost or cost < 0 then
+      specs = nil
+      break
+    end
+    specs[i] = {KEYS[k0 + i], alg, limit, w, burst, cost}
   end
-  local key = KEYS[i]
-  if mode == RESET then
-    local idx = math.floor(now / w)
-    redis.call('DEL', win_key(key, idx), win_key(key, idx - 1), key .. ':log', key .. ':tat')
-  elseif mode == REFUND then
-    refund(key, alg, limit, w, cost)
+  if not specs then
+    out[#out + 1] = -1
+    for _ = 1, 3 * n do out[#out + 1] = 0 end
+    return
   end
-  specs[i] = {key, alg, limit, w, burst, cost}
-end
-if mode == RESET or mode == REFUND then mode = PEEK end
+  for i = 1, n do
+    local key, alg, limit, w, _, cost = unpack(specs[i])
+    if mode == RESET then
+      local idx = math.floor(now / w)
+      redis.call('DEL', win_key(key, idx), win_key(key, idx - 1), key .. ':log', key .. ':tat')
+    elseif mode == REFUND then
+      refund(key, alg, limit, w, cost)
+    end
+  end
+  if mode == RESET or mode == REFUND then mode = PEEK end
 
--- Check every spec. Each check row holds: ok, retry, remaining uncharged / charged,
--- reset uncharged / charged, and the write that charges it (key, value, ttl).
-local rows = {}
-local allowed = true
-for i = 1, n do
-  local key, alg, limit, w, burst, cost = unpack(specs[i])
-  local r
-  if alg == FIXED then
-    local idx = math.floor(now / w)
-    local wkey = win_key(key, idx)
-    local count = tonumber(redis.call('GET', wkey) or '0')
-    local reset = (idx + 1) * w - now
-    r = {count + cost <= limit, reset, limit - count, limit - count - cost, reset, reset,
-         wkey, count + cost, reset + 1000}
-  elseif alg == SLIDING then
-    local idx = math.floor(now / w)
-    local wkey = win_key(key, idx)
-    local got = redis.call('MGET', wkey, win_key(key, idx - 1))
-    local curr, prev = tonumber(got[1] or '0'), tonumber(got[2] or '0')
-    local elapsed = now - idx * w
-    local est = prev * (w - elapsed) / w + curr
-    local reset = (idx + 1) * w - now
-    local ok = est + cost <= limit
-    local retry = 0
-    if not ok then retry = sliding_retry(limit, w, cost, prev, curr, elapsed, reset) end
-    r = {ok, retry, math.floor(limit - est), math.floor(limit - est - cost), reset, reset,
-         wkey, curr + cost, 2 * w + 1000}
-  elseif alg == LOG then
-    local lkey = key .. ':log'
-    local card = redis.call('ZCOUNT', lkey, '(' .. (now - w), '+inf')
-    local ok = card + cost <= limit
-    local retry = 0
-    if not ok then
-      local need = card + cost - limit
-      if need > card then
-        retry = w
-      else
-        local oldest = redis.call('ZRANGEBYSCORE', lkey, '(' .. (now - w), '+inf',
-          'WITHSCORES', 'LIMIT', need - 1, 1)
-        retry = math.max(tonumber(oldest[2]) + w - now, 0)
+  -- Check every spec. Each check row holds: ok, retry, remaining uncharged / charged,
+  -- reset uncharged / charged, and the write that charges it (key, value, ttl).
+  local rows = {}
+  local allowed = true
+  for i = 1, n do
+    local key, alg, limit, w, burst, cost = unpack(specs[i])
+    local r
+    if alg == FIXED then
+      local idx = math.floor(now / w)
+      local wkey = win_key(key, idx)
+      local count = tonumber(redis.call('GET', wkey) or '0')
+      local reset = (idx + 1) * w - now
+      r = {count + cost <= limit, reset, limit - count, limit - count - cost, reset, reset,
+           wkey, count + cost, reset + 1000}
+    elseif alg == SLIDING then
+      local idx = math.floor(now / w)
+      local wkey = win_key(key, idx)
+      local got = redis.call('MGET', wkey, win_key(key, idx - 1))
+      local curr, prev = tonumber(got[1] or '0'), tonumber(got[2] or '0')
+      local elapsed = now - idx * w
+      local est = prev * (w - elapsed) / w + curr
+      local reset = (idx + 1) * w - now
+      local ok = est + cost <= limit
+      local retry = 0
+      if not ok then retry = sliding_retry(limit, w, cost, prev, curr, elapsed, reset) end
+      r = {ok, retry, math.floor(limit - est), math.floor(limit - est - cost), reset, reset,
+           wkey, curr + cost, 2 * w + 1000}
+    elseif alg == LOG then
+      local lkey = key .. ':log'
+      local card = redis.call('ZCOUNT', lkey, '(' .. (now - w), '+inf')
+      local ok = card + cost <= limit
+      local retry = 0
+      if not ok then
+        local need = card + cost - limit
+        if need > card then
+          retry = w
+        else
+          local oldest = redis.call('ZRANGEBYSCORE', lkey, '(' .. (now - w), '+inf',
+            'WITHSCORES', 'LIMIT', need - 1, 1)
+          retry = math.max(tonumber(oldest[2]) + w - now, 0)
+        end
+      end
+      r = {ok, retry, limit - card, limit - card - cost, nil, w, lkey, card, w + 1000}
+    else
+      local tkey = key .. ':tat'
+      local per = w / limit
+      local tolerance = (limit + burst) * per
+      local tat = tonumber(redis.call('GET', tkey) or now)
+      local base = math.max(tat, now)
+      local new_tat = base + cost * per
+      local ok = new_tat - now <= tolerance
+      local retry = 0
+      if not ok then retry = math.ceil((new_tat - now) - tolerance) end
+      local reset = math.ceil(base - now)
+      r = {ok, retry, math.floor((tolerance - (base - now)) / per),
+           math.floor((tolerance - (new_tat - now)) / per), reset, reset,
+           tkey, string.format('%.17g', new_tat), math.ceil(new_tat - now) + 1000}
+    end
+    if not r[1] then allowed = false end
+    rows[i] = r
+  end
+
+  -- Charge (only if every spec allowed and this is a decision) and answer.
+  local charged = allowed and mode == DECIDE
+  out[#out + 1] = allowed and 1 or 0
+  for i = 1, n do
+    local r, alg, cost = rows[i], specs[i][2], specs[i][6]
+    local remaining, reset
+    if charged then
+      remaining, reset = r[4], r[6]
+      if alg ~= LOG then
+        redis.call('SET', r[7], r[8], 'PX', r[9])
+      elseif cost > 0 then
+        redis.call('ZREMRANGEBYSCORE', r[7], '-inf', now - specs[i][4])
+        local args = {}
+        for k = 1, cost do
+          args[2 * k - 1] = now
+          args[2 * k] = string.format('%d:%09d', now, r[8] + k)
+        end
+        redis.call('ZADD', r[7], unpack(args))
+        redis.call('PEXPIRE', r[7], r[9])
+      end
+    else
+      remaining, reset = r[3], r[5]
+      if alg == LOG then
+        reset = 0
+        if r[8] > 0 then
+          local newest = redis.call('ZRANGE', r[7], -1, -1, 'WITHSCORES')
+          reset = math.max(tonumber(newest[2]) + specs[i][4] - now, 0)
+        end
       end
     end
-    r = {ok, retry, limit - card, limit - card - cost, nil, w, lkey, card, w + 1000}
-  else
-    local tkey = key .. ':tat'
-    local per = w / limit
-    local tolerance = (limit + burst) * per
-    local tat = tonumber(redis.call('GET', tkey) or now)
-    local base = math.max(tat, now)
-    local new_tat = base + cost * per
-    local ok = new_tat - now <= tolerance
-    local retry = 0
-    if not ok then retry = math.ceil((new_tat - now) - tolerance) end
-    local reset = math.ceil(base - now)
-    r = {ok, retry, math.floor((tolerance - (base - now)) / per),
-         math.floor((tolerance - (new_tat - now)) / per), reset, reset,
-         tkey, string.format('%.17g', new_tat), math.ceil(new_tat - now) + 1000}
+    out[#out + 1] = math.max(remaining, 0)
+    out[#out + 1] = reset
+    out[#out + 1] = r[1] and 0 or r[2]
   end
-  if not r[1] then allowed = false end
-  rows[i] = r
 end
 
--- Charge (only if every spec allowed and this is a decision) and answer.
-local charged = allowed and mode == DECIDE
-local out = {allowed and 1 or 0}
-for i = 1, n do
-  local r, alg, cost = rows[i], specs[i][2], specs[i][6]
-  local remaining, reset
-  if charged then
-    remaining, reset = r[4], r[6]
-    if alg ~= LOG then
-      redis.call('SET', r[7], r[8], 'PX', r[9])
-    elseif cost > 0 then
-      redis.call('ZREMRANGEBYSCORE', r[7], '-inf', now - specs[i][4])
-      local args = {}
-      for k = 1, cost do
-        args[2 * k - 1] = now
-        args[2 * k] = string.format('%d:%09d', now, r[8] + k)
-      end
-      redis.call('ZADD', r[7], unpack(args))
-      redis.call('PEXPIRE', r[7], r[9])
-    end
-  else
-    remaining, reset = r[3], r[5]
-    if alg == LOG then
-      reset = 0
-      if r[8] > 0 then
-        local newest = redis.call('ZRANGE', r[7], -1, -1, 'WITHSCORES')
-        reset = math.max(tonumber(newest[2]) + specs[i][4] - now, 0)
-      end
-    end
+-- The groups, one after the other.
+local out = {}
+local k0, a0 = 0, 0
+while a0 < #ARGV do
+  local n = tonumber(ARGV[a0 + 1])
+  local mode = n and tonumber(ARGV[a0 + 2 + 5 * n])
+  if not n or n < 1 or k0 + n > #KEYS or a0 + 2 + 5 * n > #ARGV or not mode or mode < DECIDE
+      or mode > RESET then
+    return redis.error_reply('ERR apigate decide: bad arguments')
   end
-  out[#out + 1] = math.max(remaining, 0)
-  out[#out + 1] = reset
-  out[#out + 1] = r[1] and 0 or r[2]
+  decide(k0, a0, n, mode, out)
+  k0, a0 = k0 + n, a0 + 2 + 5 * n
+end
+if k0 ~= #KEYS or #out == 0 then
+  return redis.error_reply('ERR apigate decide: bad arguments')
 end
 return out

@@ -1,0 +1,119 @@
+"""Decisions made in one event-loop tick, sent to one Redis node as one EVALSHA.
+
+``decide.lua`` accepts several decision groups back to back and decides each as if it were a
+call of its own, so a tick's decisions cost Redis one script call (one ``TIME``, one script
+dispatch) instead of one per decision. A batch is sent early once it holds ``max_groups``
+decisions, so Redis starts on it while the rest of the tick is still being encoded. Only for
+a single node (Redis, Sentinel): on a Cluster the keys of one script must share a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from apigate.ratelimit.storage.base import LimitSpec, Outcome, StorageError
+from apigate.ratelimit.storage.client import RespClient
+from apigate.ratelimit.storage.resp import Arg, Command, ReplyError, Script
+
+_EVALSHA = b"EVALSHA"
+Waiter = tuple["asyncio.Future[Outcome]", int]
+
+
+class DecisionBatcher:
+    """Collects ``decide`` calls of one tick into one ``decide.lua`` batch per connection."""
+
+    def __init__(
+        self,
+        client: RespClient,
+        script: Script,
+        parse: Any,
+        *,
+        timeout_s: float,
+        max_groups: int = 32,
+    ) -> None:
+        self._client = client
+        self._script = script
+        self._parse = parse  # (reply slice, spec count) -> Outcome, raising StorageError
+        self._timeout_s = timeout_s
+        self._max_groups = max_groups
+        self._keys: list[Arg] = []
+        self._args: list[Arg] = []
+        self._waiters: list[Waiter] = []
+        self._scheduled = False
+        self.batches = 0
+
+    def submit(self, specs: Sequence[LimitSpec], codes: dict[Any, int]) -> asyncio.Future[Outcome]:
+        """Queue one decision (mode 0) of ``specs``; its Outcome arrives on the future."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Outcome] = loop.create_future()
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._end_of_tick)
+        args = self._args
+        args.append(len(specs))
+        for s in specs:
+            self._keys.append(s.key)
+            args += (codes[s.algorithm], s.limit, s.window_ms, s.burst, s.cost)
+        args.append(0)
+        self._waiters.append((fut, len(specs)))
+        if len(self._waiters) >= self._max_groups:
+            self._send(early=True)
+        return fut
+
+    def _end_of_tick(self) -> None:
+        self._scheduled = False
+        self._send(early=False)
+
+    def _send(self, *, early: bool) -> None:
+        waiters = self._waiters
+        if not waiters:
+            return
+        command: Command = (_EVALSHA, self._script.sha, len(self._keys), *self._keys, *self._args)
+        self._keys, self._args, self._waiters = [], [], []
+        self.batches += 1
+        fut = self._client.try_send(command, self._timeout_s, write_now=early)
+        if fut is None:  # not connected: the slow path connects (within the timeout) first
+            self._via_task(command, waiters)
+            return
+        fut.add_done_callback(lambda done: self._answered(done, command, waiters, True))
+
+    def _via_task(self, command: Command, waiters: list[Waiter]) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._client.run_script(self._script, command, timeout_s=self._timeout_s)
+        )
+        task.add_done_callback(lambda done: self._answered(done, command, waiters, False))
+
+    def _answered(
+        self, done: asyncio.Future[Any], command: Command, waiters: list[Waiter], retry: bool
+    ) -> None:
+        if done.cancelled():
+            _fail(waiters, StorageError("decision batch cancelled"))
+            return
+        exc = done.exception()
+        if exc is not None:
+            if retry and isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT"):
+                self._via_task(command, waiters)  # run_script loads the script and retries
+                return
+            _fail(waiters, exc)
+            return
+        reply = done.result()
+        if type(reply) is not list:
+            _fail(waiters, StorageError(f"decide.lua returned {reply!r}"))
+            return
+        pos = 0
+        for fut, count in waiters:
+            end = pos + 1 + 3 * count
+            if not fut.done():
+                try:
+                    fut.set_result(self._parse(reply[pos:end], count))
+                except StorageError as error:
+                    fut.set_exception(error)
+            pos = end
+
+
+def _fail(waiters: list[Waiter], exc: BaseException) -> None:
+    for fut, _ in waiters:
+        if not fut.done():
+            fut.set_exception(StorageError(str(exc) or type(exc).__name__))
