@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from tests.integration.http.helpers import children, gateway_config, route, upstream
-from tests.integration.http.rawclient import RawClient, get
+from tests.integration.http.rawclient import RawClient, get, wait_until
 from tests.support.gateway import Gateway, running_gateway
 from tests.support.upstreams import ScriptedUpstream, UpstreamLoop
 
@@ -88,3 +88,19 @@ def test_worker_survives_many_malformed_requests(gateway: Gateway) -> None:
     with RawClient(gateway.port) as client:
         assert client.request(get("/still-alive")).status == 200
     assert children(gateway.process.pid) == before
+
+
+def test_malformed_body_mid_stream_aborts_the_upstream_request(
+    gateway: Gateway, sink: ScriptedUpstream
+) -> None:
+    """When a chunked body turns malformed after its start was streamed upstream, the client gets
+    400 and the gateway closes that upstream connection instead of leaving it half-sent."""
+    sink.reset()
+    with RawClient(gateway.port) as client:
+        client.send(POST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        assert wait_until(lambda: sink.bytes_received > 0)
+        client.send(b"zz\r\n")
+        response = client.read_response()
+        assert response.status == 400
+        assert client.is_closed()
+    assert wait_until(lambda: sink.open_connections == 0, 2), "upstream connection left open"

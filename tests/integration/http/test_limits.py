@@ -111,6 +111,7 @@ def test_slow_request_head_is_408(gateway: Gateway, sink: ScriptedUpstream) -> N
         response = client.read_response()
         elapsed = time.monotonic() - started
         assert response.status == 408
+        assert set(response.json()) == {"error", "request_id"}
         assert client.is_closed()
     assert 0.9 <= elapsed < 3
     assert sink.bytes_received == 0

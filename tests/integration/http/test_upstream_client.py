@@ -4,12 +4,12 @@ JSON errors the gateway answers when an upstream fails."""
 from __future__ import annotations
 
 import asyncio
-import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 from tests.integration.http.helpers import gateway_config, route, upstream
-from tests.integration.http.rawclient import RawClient, Response
+from tests.integration.http.rawclient import RawClient, Response, get
 from tests.support.gateway import Gateway, free_port, running_gateway
 from tests.support.upstreams import ScriptedUpstream, UpstreamConn, UpstreamLoop, echo_json
 
@@ -91,10 +91,11 @@ def test_round_robin_alternates_between_targets(
     assert (len(ups["rr_a"].requests), len(ups["rr_b"].requests)) == (5, 5)
 
 
-def test_least_conn_avoids_the_busy_target(
+def test_least_conn_spreads_concurrent_requests(
     gateway: Gateway, ups: dict[str, ScriptedUpstream]
 ) -> None:
-    """least_conn sends two concurrent requests to different targets when one is busy."""
+    """least_conn sends four requests that arrive together two to each target: a target counts
+    as busy from the moment it is picked, not only once its connection is open."""
 
     async def slow(conn: UpstreamConn) -> None:
         while (request := await conn.read_request()) is not None:
@@ -103,15 +104,15 @@ def test_least_conn_avoids_the_busy_target(
 
     ups["lc_a"].reset(slow)
     ups["lc_b"].reset(slow)
-    statuses: list[int] = []
-    threads = [
-        threading.Thread(target=lambda: statuses.append(fetch(gateway, "/lc").status))
-        for _ in range(4)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    clients = [RawClient(gateway.port) for _ in range(4)]
+    try:
+        time.sleep(0.1)  # all four accepted before any request arrives
+        for client in clients:
+            client.send(get("/lc"))
+        statuses = [client.read_response().status for client in clients]
+    finally:
+        for client in clients:
+            client.close()
     assert statuses == [200] * 4
     assert (len(ups["lc_a"].requests), len(ups["lc_b"].requests)) == (2, 2)
 
