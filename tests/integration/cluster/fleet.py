@@ -12,13 +12,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from tests.integration.cluster.traffic import Target
 from tests.support.gateway import Gateway
+from tests.support.redis_servers import RedisNode
 
 # A policy so large that it never rejects: its RateLimit header tells a storage decision
 # (r close to the limit) from a local one (r close to limit / instances) or none at all.
@@ -135,10 +136,10 @@ def wait_storage_decides(gateways: Sequence[Gateway], timeout_s: float = 20.0) -
             time.sleep(0.1)
 
 
-def stored_keys(setup: Any, prefix: str) -> list[str]:
-    """Keys starting with ``prefix`` on every live data node of a tests.support setup."""
+def stored_keys(nodes: Iterable[RedisNode], prefix: str) -> list[str]:
+    """Keys starting with ``prefix`` on the live data nodes (sentinels skipped) of ``nodes``."""
     found: set[str] = set()
-    for node in setup.nodes:
+    for node in nodes:
         if node.alive and node.sentinel_conf is None:
             client = node.client()
             try:
@@ -146,3 +147,29 @@ def stored_keys(setup: Any, prefix: str) -> list[str]:
             finally:
                 client.close()
     return sorted(found)
+
+
+def probe_count(node: RedisNode, prefix: str) -> int:
+    """The /probe counter of ``prefix`` (fixed window, client 127.0.0.1) on ``node``; 0 if none."""
+    client = node.client()
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:{{ip=127.0.0.1}}:probe:*", count=1000))
+        return sum(int(client.get(k) or 0) for k in keys)
+    finally:
+        client.close()
+
+
+def wait_decisions_on(node: RedisNode, gateways: Sequence[Gateway], timeout_s: float) -> float:
+    """Block until a /probe on each gateway counts on ``node``; the seconds it took."""
+    prefix = gateways[0].config["storage"]["key_prefix"]
+    started = time.monotonic()
+    for gateway in gateways:
+        while True:
+            before = probe_count(node, prefix)
+            probe_remaining(gateway)
+            if probe_count(node, prefix) > before:
+                break
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"gateway {gateway.port} still decides elsewhere")
+            time.sleep(0.05)
+    return time.monotonic() - started
