@@ -173,3 +173,11 @@ def wait_decisions_on(node: RedisNode, gateways: Sequence[Gateway], timeout_s: f
                 raise TimeoutError(f"gateway {gateway.port} still decides elsewhere")
             time.sleep(0.05)
     return time.monotonic() - started
+
+
+def usage(gateway: Gateway, policy: str, key: str = "ip=127.0.0.1") -> dict[str, Any]:
+    """The admin API's usage of ``key`` under ``policy``; raise unless it answers 200."""
+    status, body = admin(gateway, "GET", f"/admin/ratelimit/usage?policy={policy}&key={key}")
+    if status != 200:
+        raise AssertionError(f"usage answered {status}: {body}")
+    return dict(body)
