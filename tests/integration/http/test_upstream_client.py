@@ -4,11 +4,13 @@ JSON errors the gateway answers when an upstream fails."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 
 import pytest
-from tests.integration.http.helpers import gateway_config, route, upstream
+from tests.integration.http.helpers import children, gateway_config, route, upstream
 from tests.integration.http.rawclient import RawClient, Response, get
 from tests.support.gateway import Gateway, free_port, running_gateway
 from tests.support.upstreams import ScriptedUpstream, UpstreamConn, UpstreamLoop, echo_json
@@ -104,11 +106,18 @@ def test_least_conn_spreads_concurrent_requests(
 
     ups["lc_a"].reset(slow)
     ups["lc_b"].reset(slow)
+    assert gateway.process is not None
+    (worker,) = children(gateway.process.pid)
     clients = [RawClient(gateway.port) for _ in range(4)]
     try:
-        time.sleep(0.1)  # all four accepted before any request arrives
-        for client in clients:
-            client.send(get("/lc"))
+        time.sleep(0.1)  # let the worker accept all four first
+        os.kill(worker, signal.SIGSTOP)  # the four requests must arrive in one loop iteration
+        try:
+            for client in clients:
+                client.send(get("/lc"))
+            time.sleep(0.05)
+        finally:
+            os.kill(worker, signal.SIGCONT)
         statuses = [client.read_response().status for client in clients]
     finally:
         for client in clients:
