@@ -41,15 +41,17 @@ class DecisionBatcher:
         self._keys: list[Arg] = []
         self._args: list[Arg] = []
         self._waiters: list[Waiter] = []
-        self._scheduled = False
+        # The loop the end-of-tick flush is scheduled on (None: not scheduled). Keyed by loop,
+        # so a loop that stopped before running the flush cannot leave the batcher stuck.
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self.batches = 0
 
     def submit(self, specs: Sequence[LimitSpec], codes: dict[Any, int]) -> asyncio.Future[Outcome]:
         """Queue one decision (mode 0) of ``specs``; its Outcome arrives on the future."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Outcome] = loop.create_future()
-        if not self._scheduled:
-            self._scheduled = True
+        if self._scheduled_on is not loop:
+            self._scheduled_on = loop
             loop.call_soon(self._end_of_tick)
         args = self._args
         args.append(len(specs))
@@ -63,7 +65,7 @@ class DecisionBatcher:
         return fut
 
     def _end_of_tick(self) -> None:
-        self._scheduled = False
+        self._scheduled_on = None
         self._send(early=False)
 
     def _send(self, *, early: bool) -> None:
