@@ -70,6 +70,8 @@ class ClusterStorage(Storage):
 
     async def decide(self, specs: Sequence[LimitSpec]) -> Outcome:
         """Check and charge ``specs``: atomic per slot, refunded across slots on a denial."""
+        if not specs:
+            return Outcome(True, ())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         first = key_slot(specs[0].key)

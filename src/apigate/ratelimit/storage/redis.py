@@ -89,6 +89,8 @@ class RedisStorage(Storage):
 
         Every decision of one event-loop tick shares one EVALSHA (see ``batch.py``).
         """
+        if not specs:
+            return Outcome(True, ())
         return await self.batcher.submit(specs, _CODE)
 
     async def peek(self, spec: LimitSpec) -> LimitState:

@@ -58,17 +58,21 @@ def parse_sentinel_url(url: str) -> tuple[list[Endpoint], str, Endpoint]:
 
 
 class SentinelResolver:
-    """Asks each sentinel in turn for the master's address (``get-master-addr-by-name``)."""
+    """Asks each sentinel in turn for the master's address (``get-master-addr-by-name``).
+
+    One lazily connected client per sentinel, kept open for the periodic checks.
+    """
 
     def __init__(self, sentinels: Sequence[Endpoint], service: str, master: Endpoint) -> None:
-        self._sentinels = list(sentinels)
+        self._clients = [
+            (s, RespClient.for_endpoint(s, connect_timeout=SENTINEL_TIMEOUT_S)) for s in sentinels
+        ]
         self._service = service
         self._master = master
 
     async def __call__(self) -> Endpoint:
         errors = []
-        for i, sentinel in enumerate(self._sentinels):
-            client = RespClient.for_endpoint(sentinel, connect_timeout=SENTINEL_TIMEOUT_S)
+        for i, (sentinel, client) in enumerate(self._clients):
             try:
                 reply = await client.execute(
                     (b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", self._service),
@@ -77,14 +81,15 @@ class SentinelResolver:
             except StorageError as exc:
                 errors.append(f"{sentinel.host}:{sentinel.port}: {exc}")
                 continue
-            finally:
-                await client.aclose()
             if isinstance(reply, list) and len(reply) == 2:
-                # Ask the sentinel that answered first next time.
-                self._sentinels.insert(0, self._sentinels.pop(i))
+                self._clients.insert(0, self._clients.pop(i))  # ask it first next time
                 return replace(self._master, host=reply[0].decode(), port=int(reply[1]))
             errors.append(f"{sentinel.host}:{sentinel.port}: does not know {self._service!r}")
         raise StorageError(f"no sentinel named a master: {'; '.join(errors)}")
+
+    async def aclose(self) -> None:
+        """Close the sentinel connections."""
+        await asyncio.gather(*(client.aclose() for _, client in self._clients))
 
 
 def follow_master(resolve: SentinelResolver) -> Callable[[RespClient], Coroutine[Any, Any, None]]:
@@ -107,6 +112,12 @@ def follow_master(resolve: SentinelResolver) -> Callable[[RespClient], Coroutine
 class SentinelStorage(RedisStorage):
     """``RedisStorage`` whose connection follows the master Sentinel names."""
 
+    def __init__(
+        self, client: RespClient, resolver: SentinelResolver, *, key_prefix: str, timeout_ms: int
+    ) -> None:
+        super().__init__(client, key_prefix=key_prefix, timeout_ms=timeout_ms)
+        self._resolver = resolver
+
     @classmethod
     def from_config(cls, config: StorageConfig) -> SentinelStorage:
         """Build from ``redis+sentinel://[user:pass@]h1:26379,h2:26379/mymaster[/db]``."""
@@ -120,4 +131,9 @@ class SentinelStorage(RedisStorage):
             drop_on_readonly=True,
             watch=follow_master(resolve),
         )
-        return cls(client, key_prefix=config.key_prefix, timeout_ms=config.timeout_ms)
+        return cls(client, resolve, key_prefix=config.key_prefix, timeout_ms=config.timeout_ms)
+
+    async def aclose(self) -> None:
+        """Close the master connection and the sentinel connections; idempotent."""
+        await super().aclose()
+        await self._resolver.aclose()
