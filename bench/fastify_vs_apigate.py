@@ -84,7 +84,7 @@ def limit_headers(port: int) -> str:
 def run_rounds(args: argparse.Namespace, node: int, gate: int, redis: int, admin: int) -> None:
     """Alternate fastify and apigate under the same wrk; print each round and the medians."""
     ratios: list[float] = []
-    undecided = 0.0
+    other: dict[str, float] = {}
     trips: dict[str, list[float]] = {"fastify": [], "apigate": []}
     for round_no in range(args.rounds):
         line = []
@@ -102,13 +102,16 @@ def run_rounds(args: argparse.Namespace, node: int, gate: int, redis: int, admin
                         f"EVALSHA/request {trips[name][-1]:.3f})")
         time.sleep(1.5)  # workers flush metrics once a second
         after = decision_counts(admin)
-        undecided += sum(v - decisions.get(k, 0.0) for k, v in after.items() if k != "allowed")
+        for kind, count in after.items():
+            if kind != "allowed" and count > decisions.get(kind, 0.0):
+                other[kind] = other.get(kind, 0.0) + count - decisions.get(kind, 0.0)
         ratios.append(results["apigate"]["rps"] / results["fastify"]["rps"])
         print(f"  round {round_no + 1}: {' | '.join(line)} | ratio {ratios[-1]:.2f}")
     print(f"apigate / fastify median {median(ratios):.2f} (goal >= {GOAL:.1f}) | Redis round "
           f"trips per request: fastify {median(trips['fastify']):.3f}, "
           f"apigate {median(trips['apigate']):.3f} | apigate decisions other than 'allowed' "
-          f"(e.g. failure_open: Redis too slow): {undecided:.0f}")
+          f"(failure_open: Redis too slow, the request went through undecided): "
+          f"{', '.join(f'{k} {v:.0f}' for k, v in other.items()) or 'none'}")
 
 
 def main() -> None:

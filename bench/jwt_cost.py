@@ -18,7 +18,6 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from apigate.auth.jwt import CACHE_SIZE
 from common import apigate, free_port, median, nginx, nginx_upstream_block, wait_port, wrk_run
@@ -37,7 +36,7 @@ def make_keys(work: Path) -> tuple[rsa.RSAPrivateKey, Path]:
     return key, path
 
 
-def token(key: PrivateKeyTypes, number: int) -> str:
+def token(key: rsa.RSAPrivateKey, number: int) -> str:
     now = int(time.time())
     claims = {"sub": f"user-{number % 100}", "iss": ISSUER, "aud": AUDIENCE, "iat": now,
               "exp": now + 3600, "jti": str(number)}
