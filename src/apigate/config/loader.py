@@ -116,7 +116,8 @@ def parse_config(
     jwt = config.auth.jwt
     if jwt is not None and jwt.jwks_file and not os.path.isabs(jwt.jwks_file):
         resolved = str((base_dir or Path.cwd()) / jwt.jwks_file)
-        auth = config.auth.model_copy(update={"jwt": jwt.model_copy(update={"jwks_file": resolved})})
+        jwt = jwt.model_copy(update={"jwks_file": resolved})
+        auth = config.auth.model_copy(update={"jwt": jwt})
         config = config.model_copy(update={"auth": auth})
     problems = list(check_references(config))
     if problems:
@@ -149,7 +150,8 @@ def check_references(config: Config) -> Iterable[tuple[str, str]]:
     for i, route in enumerate(config.routes):
         at = f"routes[{i}]"
         if route.name in seen:
-            yield f"{at}.name", f"duplicate route name {route.name!r} (also routes[{seen[route.name]}])"
+            first = seen[route.name]
+            yield f"{at}.name", f"duplicate route name {route.name!r} (also routes[{first}])"
         seen.setdefault(route.name, i)
         if route.upstream not in config.upstreams:
             yield f"{at}.upstream", f"no upstream named {route.upstream!r}"

@@ -9,7 +9,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from apigate.config.types import Cidr, DurationMs, HostPort, ListenAddress, StorageUrl, TargetUrl
 
@@ -21,6 +28,21 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CLAIM_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
+def _workers(value: object) -> object:
+    """One message for every bad value (not one per member of ``int | "auto"``)."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("workers must be between 1 and 256, or 'auto'")
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError("workers must be between 1 and 256, or 'auto'") from None
+    if not 1 <= count <= 256:
+        raise ValueError("workers must be between 1 and 256, or 'auto'")
+    return count
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -28,7 +50,7 @@ class _Frozen(BaseModel):
 class ServerConfig(_Frozen):
     listen: ListenAddress = HostPort("0.0.0.0", 8080)
     admin_listen: ListenAddress = HostPort("127.0.0.1", 9901)
-    workers: int | Literal["auto"] = Field(default=1)
+    workers: Annotated[int | Literal["auto"], BeforeValidator(_workers)] = 1
     trusted_proxies: tuple[Cidr, ...] = ()
     ipv6_prefix: int = Field(default=64, ge=1, le=128)
     max_header_bytes: int = Field(default=16384, ge=1024, le=1 << 20)
@@ -38,13 +60,6 @@ class ServerConfig(_Frozen):
     max_connections: int = Field(default=10000, ge=1)
     shutdown_grace_s: float = Field(default=30, ge=0)
     drain_delay_s: float = Field(default=5, ge=0)
-
-    @field_validator("workers")
-    @classmethod
-    def _workers_positive(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 256:
-            raise ValueError("workers must be between 1 and 256, or 'auto'")
-        return value
 
 
 class StorageConfig(_Frozen):
@@ -76,7 +91,8 @@ class RouteMatch(_Frozen):
     def _one_path_form(self) -> RouteMatch:
         given = [n for n in ("path", "path_prefix", "path_regex") if getattr(self, n) is not None]
         if len(given) > 1:
-            raise ValueError(f"give one of path, path_prefix, path_regex, not {' and '.join(given)}")
+            both = " and ".join(given)
+            raise ValueError(f"give one of path, path_prefix, path_regex, not {both}")
         for name in ("path", "path_prefix"):
             value = getattr(self, name)
             if value is not None and not value.startswith("/"):

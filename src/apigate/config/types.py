@@ -89,7 +89,8 @@ def parse_target_url(value: object) -> str:
         raise ValueError(f"bad target {value!r}: no host")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"bad target {value!r}: a target is scheme://host:port only")
-    return f"http://{parts.hostname if ':' not in parts.hostname else f'[{parts.hostname}]'}:{port or 80}"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"http://{host}:{port or 80}"
 
 
 TargetUrl = Annotated[str, BeforeValidator(parse_target_url)]
@@ -107,7 +108,7 @@ def parse_storage_url(value: object) -> str:
         )
     if scheme != "memory" and not rest.split("/", 1)[0]:
         raise ValueError(f"bad storage URL {value!r}: no host")
-    if scheme == "redis+sentinel" and len(rest.split("/", 1)) < 2:  # noqa: PLR2004
+    if scheme == "redis+sentinel" and len(rest.split("/", 1)) < 2:
         raise ValueError(f"bad storage URL {value!r}: name the master: .../mymaster")
     return value
 

@@ -37,6 +37,8 @@ def check_transfer_encoding(values: list[bytes], version: str) -> bool:
     if version != "1.1":
         raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request", close=True)
     codings = [c.strip().lower() for v in values for c in v.split(b",")]
+    if codings[-1] != b"chunked":
+        raise HttpError(400, "Transfer-Encoding must end in chunked", close=True)
     if codings != [b"chunked"]:
         raise HttpError(501, "only Transfer-Encoding: chunked is supported", close=True)
     return True

@@ -45,6 +45,8 @@ class ResponseWriter:
         self._no_body = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
         if request.body is not None and not request.body.complete and not upgrade:
             self.close = True  # the rest of the body would have to be read and thrown away
+        if request.upgrade and not upgrade:
+            self.close = True  # llhttp stopped parsing at the Upgrade: nothing after it is HTTP
         parts = [status_line(request.version, status)]
         parts.extend(b"%s: %s\r\n" % pair for pair in headers)
         if upgrade:

@@ -244,13 +244,15 @@ class HttpConnection(asyncio.Protocol):
             self._arm(self._limits.header_timeout_s, "header")
         try:
             self._parser.feed_data(data)
-        except HttpError as exc:
-            self._reject(exc)
         except httptools.HttpParserUpgrade as exc:
             self._upgrade_data = bytearray(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
-            status = 501 if "Transfer-Encoding" in str(exc) and "chunked" not in str(exc) else 400
-            self._reject(HttpError(status, f"malformed request: {exc}", close=True))
+            # httptools wraps an exception raised in a callback; ours carry the real status.
+            cause = exc.__context__
+            if isinstance(cause, HttpError):
+                self._reject(cause)
+            else:
+                self._reject(HttpError(400, f"malformed request: {exc}", close=True))
         else:
             if self._in_head:
                 self._head_bytes += len(data)
@@ -393,21 +395,25 @@ class HttpConnection(asyncio.Protocol):
     def _reject(self, error: HttpError) -> None:
         """Answer a framing or limit error for the request being parsed, then close."""
         self._in_head = False
-        if self._parsing is not None and self._parsing.body is not None:
-            self._parsing.body.fail(error)
-            if self._queue and self._queue[0][0] is self._parsing and not self._queue[0][1].started:
-                self._closing_after_queue(error)
-                return
-        if not self._queue:
-            body = error_body(error.message, "-")
-            self.write(
-                status_line("1.1", error.status)
-                + b"content-type: application/json\r\nconnection: close\r\n"
-                + b"content-length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            self.close()
-        else:
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None:
+            parsing.body.fail(error)
+        if self._queue and self._queue[0][0] is parsing and not self._queue[0][1].started:
+            # The broken request is the one being answered: stop its handler (closing any
+            # upstream connection it opened) and answer for it.
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+            self._queue.clear()
+        if self._queue:
             self._closing_after_queue(error)
+            return
+        body = error_body(error.message, "-")
+        self.write(
+            status_line("1.1", error.status)
+            + b"content-type: application/json\r\nconnection: close\r\n"
+            + b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.close()
 
     def _closing_after_queue(self, error: HttpError) -> None:
         """Earlier requests are still being answered: stop reading, let them finish, close."""

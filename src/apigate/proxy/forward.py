@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-from apigate.http.body import BodyAborted, BodyTooLarge, RequestBody
+from apigate.http.body import RequestBody
 from apigate.http.errors import HttpError
 from apigate.http.request import Request
 from apigate.http.response import ResponseWriter
@@ -83,45 +83,47 @@ class Forwarder:
     ) -> str:
         """Proxy the request; return the target URL used. Raises ForwardFailed before a reply."""
         upstream = self.upstream
-        config = upstream.config
         tried: tuple[Target, ...] = ()
         retriable = request.method in IDEMPOTENT
-        attempts = 1 + (config.retries if retriable else 0)
-        stale_retry = retriable
+        attempts = 1 + (upstream.config.retries if retriable else 0)
+        # A pooled connection the upstream had already closed is retried once on a new one,
+        # when nothing of the request's body was consumed by the failed attempt.
+        stale_retry = retriable and request.body is None
         while True:
             target = upstream.pick(exclude=tried)
             if target is None:
                 raise ForwardFailed(503, "no healthy upstream target", "ejected")
             tried += (target,)
+            target.active += 1  # counted from the pick, so least_conn sees connects in flight
             try:
-                conn, reused = await upstream.connect(target)
-            except UpstreamError as exc:
-                upstream.record_failure(target)
-                attempts -= 1
-                if attempts > 0 and (request.body is None or request.body.received == 0):
-                    continue
-                raise ForwardFailed(502, str(exc), exc.kind) from None
-            target.active += 1
-            try:
-                head, exchange = await self._exchange(request, conn, target, outbound)
-            except UpstreamError as exc:
-                conn.close()
-                if reused and exc.kind == "reset" and stale_retry and not writer.started:
-                    stale_retry = False  # a pooled connection the upstream had closed
-                    tried = tried[:-1]
-                    continue
-                upstream.record_failure(target)
-                status = 504 if exc.kind == "timeout" else 502
-                kind = "reset" if exc.kind == "protocol" else exc.kind
-                raise ForwardFailed(status, str(exc), kind) from None
+                try:
+                    conn, reused = await upstream.connect(target)
+                except UpstreamError as exc:
+                    upstream.record_failure(target)
+                    attempts -= 1
+                    if attempts > 0 and (request.body is None or request.body.received == 0):
+                        continue
+                    raise ForwardFailed(502, str(exc), exc.kind) from None
+                try:
+                    head, exchange = await self._exchange(request, conn, target, outbound)
+                except UpstreamError as exc:
+                    conn.close()
+                    if reused and exc.kind == "reset" and stale_retry:
+                        stale_retry = False
+                        tried = tried[:-1]
+                        continue
+                    upstream.record_failure(target)
+                    status = 504 if exc.kind == "timeout" else 502
+                    kind = "reset" if exc.kind == "protocol" else exc.kind
+                    raise ForwardFailed(status, str(exc), kind) from None
+                upstream.record_success(target)
+                await self._relay(
+                    request=request, writer=writer, client=client, conn=conn, target=target,
+                    head=head, exchange=exchange, outbound=outbound,
+                )
+                return target.url
             finally:
                 target.active -= 1
-            upstream.record_success(target)
-            await self._relay(
-                request=request, writer=writer, client=client, conn=conn, target=target,
-                head=head, exchange=exchange, outbound=outbound,
-            )
-            return target.url
 
     async def _exchange(
         self, request: Request, conn: UpstreamConnection, target: Target, outbound: Outbound
@@ -141,8 +143,8 @@ class Forwarder:
                 if sender.done() and sender.exception() is not None:
                     raise sender.exception()  # type: ignore[misc]
             head = await exchange.head
-        except (BodyTooLarge, BodyAborted):
-            conn.close()
+        except BaseException:
+            conn.close()  # half a request went upstream: the connection cannot be reused
             raise
         finally:
             if sender is not None and not sender.done():
