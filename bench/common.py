@@ -40,7 +40,8 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 def require(tool: str) -> str:
-    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
+    sbin = f"/usr/sbin/{tool}"
+    path = shutil.which(tool) or (sbin if os.path.exists(sbin) else None)
     if path is None:
         sys.exit(f"{tool} is not installed (make deps installs it)")
     return path
@@ -109,7 +110,7 @@ def apigate(config: dict[str, Any], *, workdir: Path) -> Iterator[int]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1):  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1):
                     break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
@@ -128,7 +129,8 @@ def wrk(url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1) 
         [require("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
         capture_output=True, text=True, check=True,
     ).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    result = {"rps": float(rps.group(1)) if rps else 0.0}
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     result["non2xx"] = float(bad.group(1)) if bad else 0.0
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -137,7 +139,8 @@ def wrk(url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1) 
         match = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
         if match:
             value, unit = float(match.group(1)), match.group(2)
-            result[f"p{pct}"] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+            result[f"p{pct}"] = value * scale
     return result
 
 

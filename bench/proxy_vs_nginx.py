@@ -9,9 +9,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import apigate, free_port, nginx, nginx_proxy_block, nginx_upstream_block, wait_port
+from common import (
+    apigate,
+    free_port,
+    nginx,
+    nginx_proxy_block,
+    nginx_upstream_block,
+    wait_port,
+    wrk,
+)
 from common import workdir as make_workdir
-from common import wrk
 
 
 def gateway_config(upstream_port: int) -> dict[str, object]:
