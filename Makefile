@@ -44,6 +44,8 @@ bench: $(VENV)/.installed-test deps
 	$(BIN)/python bench/proxy_vs_nginx.py
 	$(BIN)/python bench/limits_overhead.py
 	$(BIN)/python bench/limiter_vs_limits.py
+	$(BIN)/python bench/fastify_vs_apigate.py
+	$(BIN)/python bench/jwt_cost.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
