@@ -161,19 +161,6 @@ async def echo(conn: UpstreamConn) -> None:
         ])
 
 
-def reply_with(data: bytes, *, close: bool = False) -> Handler:
-    """A handler that answers every request with the same raw bytes."""
-
-    async def handler(conn: UpstreamConn) -> None:
-        while await conn.read_request() is not None:
-            await conn.send(data)
-            if close:
-                conn.close()
-                return
-
-    return handler
-
-
 class ScriptedUpstream:
     """A loopback server whose behaviour is ``handler``; see the module docstring."""
 

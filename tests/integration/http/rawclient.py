@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +19,6 @@ class Response:
 
     def header(self, name: str) -> str | None:
         return next((v for n, v in self.headers if n == name.lower()), None)
-
-    def header_values(self, name: str) -> list[str]:
-        return [v for n, v in self.headers if n == name.lower()]
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -137,15 +134,9 @@ def get(path: str = "/", host: str = "gw.test", extra: str = "", version: str = 
     return f"GET {path} HTTP/{version}\r\nHost: {host}\r\n{extra}\r\n".encode("latin-1")
 
 
-def one_shot(port: int, data: bytes, *, timeout: float = 5.0) -> tuple[Response, bool]:
-    """Send ``data`` on a fresh connection; return the response and whether it was closed."""
-    with RawClient(port, timeout) as client:
-        client.send(data)
-        response = client.read_response()
-        return response, client.is_closed()
-
-
-def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.02
+) -> bool:
     """Poll ``predicate`` until true or ``timeout``; integration tests only."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -153,8 +144,3 @@ def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> 
             return True
         time.sleep(interval)
     return bool(predicate())
-
-
-def send_raw(port: int, data: bytes) -> None:
-    with contextlib.closing(socket.create_connection(("127.0.0.1", port), timeout=5)) as sock:
-        sock.sendall(data)

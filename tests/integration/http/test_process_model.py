@@ -122,12 +122,13 @@ def test_two_workers_share_the_port(two_workers: Gateway) -> None:
 def test_killed_worker_is_restarted_and_service_continues(two_workers: Gateway) -> None:
     """After kill -9 of one worker the other keeps answering and the supervisor starts a new one."""
     assert two_workers.process is not None
-    victim, survivor = children(two_workers.process.pid)
+    supervisor = two_workers.process.pid
+    victim, survivor = children(supervisor)
     os.kill(victim, signal.SIGKILL)
     assert wait_until(lambda: not _running(victim))
     assert [fetch(two_workers).status for _ in range(20)] == [200] * 20
-    assert wait_until(lambda: len(set(children(two_workers.process.pid)) - {victim}) == 2, 10)
-    assert survivor in children(two_workers.process.pid)
+    assert wait_until(lambda: len(set(children(supervisor)) - {victim}) == 2, 10)
+    assert survivor in children(supervisor)
     assert wait_until(lambda: http_get(f"{two_workers.admin_url}/readyz")[0] == 200, 10)
     assert [fetch(two_workers).status for _ in range(10)] == [200] * 10
 
