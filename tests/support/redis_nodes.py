@@ -134,9 +134,12 @@ class RedisNode:
             self.proc.wait(5)
 
     def keys_without_ttl(self) -> list[str]:
-        """Keys on this node whose PTTL is -1 (no expiry)."""
-        client = self.client()
+        """Keys on this node whose PTTL is -1 (no expiry); replicas included."""
+        client = redis.Redis(host=HOST, port=self.port, socket_timeout=2,
+                             single_connection_client=True)
         try:
+            if "--cluster-enabled" in self.extra:
+                client.execute_command("READONLY")  # type: ignore[no-untyped-call]
             found = [k for k in client.scan_iter(count=1000) if client.pttl(k) == -1]
         finally:
             client.close()
