@@ -116,6 +116,15 @@ def test_forwarded_headers_and_host(gateway: Gateway, scripted: ScriptedUpstream
     assert request.header("x-forwarded-host") == "Api.Example.com:8443"
 
 
+@pytest.mark.parametrize("host", ["[::1]:8080", "127.0.0.1", "xn--bcher-kva.example:443", "h.t:"])
+def test_valid_host_forms_are_accepted_unchanged(
+    gateway: Gateway, scripted: ScriptedUpstream, host: str
+) -> None:
+    """IPv6 literals, IPv4, registered names and an empty port are valid Host values, passed on."""
+    assert send(gateway, get("/host", host=host)).status == 200
+    assert scripted.requests[0].header("host") == host
+
+
 def test_valid_request_id_is_propagated_and_echoed(
     gateway: Gateway, scripted: ScriptedUpstream
 ) -> None:
