@@ -6,7 +6,8 @@ tasks make a fixed number of decisions over 10,000 distinct keys, first with api
 redis-py implementation), alternating for a few rounds on the same event loop (uvloop).
 Prints the median rates, the ratio (goal: apigate >= 8x limits), and Redis round trips per
 decision: EVALSHA calls and all commands from ``INFO commandstats``, and apigate's socket
-writes from its client counter.
+writes from its client counter; and CPU time per decision of the client process and of
+redis-server (``INFO cpu``), which a busy machine distorts less than the rates.
 
 Run: ``python bench/limiter_vs_limits.py [--decisions N] [--rounds R]``.
 Needs ``pip install 'limits[async-redis]'`` and redis-server on PATH.
@@ -102,6 +103,16 @@ def commandstats(port: int) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
+def redis_cpu_s(port: int) -> float:
+    """CPU seconds the redis-server has used (user + sys, from INFO cpu)."""
+    client = redis.Redis(port=port)
+    try:
+        cpu = client.info("cpu")
+    finally:
+        client.close()
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def reset_stats(port: int) -> None:
     client = redis.Redis(port=port)
     try:
@@ -133,13 +144,18 @@ async def one_pair(port: int, algorithm: Algorithm, strategy: Any, args: Any) ->
     rates: dict[str, list[float]] = {"apigate": [], "limits": []}
     trips: dict[str, list[float]] = {"apigate": [], "limits": [], "apigate_all": [],
                                      "limits_all": [], "writes": []}
+    cpu: dict[str, list[float]] = {"apigate_py": [], "limits_py": [], "apigate_redis": [],
+                                   "limits_redis": []}
     for _ in range(args.rounds):
         for name, fn, n in (("apigate", ours, args.decisions),
                             ("limits", theirs, args.limits_decisions)):
             reset_stats(port)
             writes = store.client.writes
+            py0, redis0 = time.process_time(), redis_cpu_s(port)
             rates[name].append(await drive(fn, n))
             done = n // TASKS * TASKS
+            cpu[f"{name}_py"].append((time.process_time() - py0) / done * 1e6)
+            cpu[f"{name}_redis"].append((redis_cpu_s(port) - redis0) / done * 1e6)
             stats = commandstats(port)
             trips[name].append(stats.get("evalsha", 0) / done)
             trips[f"{name}_all"].append((sum(stats.values()) - stats.get("config", 0)) / done)
@@ -148,7 +164,8 @@ async def one_pair(port: int, algorithm: Algorithm, strategy: Any, args: Any) ->
     await store.aclose()
     return {"algorithm": algorithm.name.lower(), "strategy": strategy.__name__,
             **{k: statistics.median(v) for k, v in rates.items()},
-            **{f"trips_{k}": statistics.median(v) for k, v in trips.items()}}
+            **{f"trips_{k}": statistics.median(v) for k, v in trips.items()},
+            **{f"cpu_{k}": statistics.median(v) for k, v in cpu.items()}}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -164,6 +181,15 @@ async def main(args: argparse.Namespace) -> None:
               f"{r['trips_apigate']:>6.2f} {r['trips_limits']:>6.2f}               "
               f"{r['trips_apigate_all']:.2f} {r['trips_limits_all']:.2f}  "
               f"{r['trips_writes']:.3f}")
+    print("\nCPU per decision, microseconds (less sensitive to a busy machine than rates):")
+    print(f"{'apigate algorithm':<16} {'apigate client':>15} {'apigate redis':>14} "
+          f"{'limits client':>14} {'limits redis':>13} {'total ratio':>12}")
+    for r in rows:
+        ours = r["cpu_apigate_py"] + r["cpu_apigate_redis"]
+        theirs = r["cpu_limits_py"] + r["cpu_limits_redis"]
+        print(f"{r['algorithm']:<16} {r['cpu_apigate_py']:>15.1f} {r['cpu_apigate_redis']:>14.1f} "
+              f"{r['cpu_limits_py']:>14.1f} {r['cpu_limits_redis']:>13.1f} "
+              f"{theirs / ours:>11.1f}x")
     best_limits = max(r["limits"] for r in rows)
     worst_ratio = min(r["apigate"] / r["limits"] for r in rows)
     print(f"\nbest limits rate {best_limits:,.0f}/s; lowest ratio {worst_ratio:.1f}x "
