@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from tests.integration.cluster.fleet import (
     admin,
+    assert_all_keys_expire,
     gateway_config,
     reset_key,
     running_fleet,
@@ -107,4 +108,5 @@ def test_admin_api_lists_policies_shows_usage_and_resets_across_instances(
         reset_key(gateways[0], "per-ip")
         assert usage(gateways[1], "per-ip")["remaining"] == LIMIT
         after = blast(targets(gateways), total=2, connections=2, path="/per-ip")
+        assert_all_keys_expire(redis_server)
         assert statuses(after) == {200: 2}, "a reset client must be allowed on every instance"

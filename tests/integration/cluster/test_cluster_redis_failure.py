@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from tests.integration.cluster.fleet import (
+    assert_all_keys_expire,
     gateway_config,
     running_fleet,
     targets,
@@ -41,10 +42,12 @@ POLICIES = {
 LATENCY_BOUND_S = 1.0
 
 
-def _config(redis: RedisServer, upstream_port: int, on_failure: str) -> dict[str, object]:
+def _config(
+    redis: RedisServer, upstream_port: int, on_failure: str, timeout_ms: int = 50
+) -> dict[str, object]:
     return gateway_config(
         storage_url=redis.url, upstream_port=upstream_port, policies=POLICIES,
-        on_failure=on_failure, timeout_ms=50,
+        on_failure=on_failure, timeout_ms=timeout_ms,
     )
 
 
@@ -65,6 +68,7 @@ def _assert_exact_again(gateways: list[Gateway], redis: RedisServer) -> None:
     wait_storage_decides(gateways)
     results = blast(targets(gateways), total=3 * LIMIT, connections=20, path="/after")
     assert_storage_exact(results, LIMIT)
+    assert_all_keys_expire(redis)
 
 
 def test_open_mode_allows_with_bounded_latency_and_recovers(
@@ -120,7 +124,9 @@ def test_local_mode_each_instance_enforces_its_share(
     fresh_redis: RedisServer, upstream_port: int, tmp_path: Path
 ) -> None:
     """on_failure local: with 2 live instances, each allows limit // 2 while Redis is down."""
-    config = _config(fresh_redis, upstream_port, "local")
+    # A dead Redis refuses connections at once, so the share does not depend on the timeout;
+    # a long one keeps a CPU-starved run from deciding locally once Redis is back.
+    config = _config(fresh_redis, upstream_port, "local", timeout_ms=1000)
     prefix = config["storage"]["key_prefix"]  # type: ignore[index]
     with running_fleet(config, tmp_path, workers=[1, 1]) as gateways:
         client = fresh_redis.node.client()
