@@ -20,7 +20,7 @@ from apigate.identity import Caller
 from apigate.ratelimit import headers as hdr
 from apigate.ratelimit.guard import StorageGuard
 from apigate.ratelimit.keys import CostError, request_cost, request_key, storage_key
-from apigate.ratelimit.overlimit import Denial
+from apigate.ratelimit.overlimit import RECHECK_S, Denial
 from apigate.ratelimit.storage.base import Algorithm, LimitSpec, LimitState, Outcome, Storage
 
 FAILURE_RETRY_AFTER_S = 1
@@ -248,7 +248,8 @@ class RateLimiter:
             now = self._rt.clock()
             for p, s in denied:
                 until = now + s.retry_after_ms / 1000
-                self._rt.cache.remember(p.spec.key, Denial(until, p.spec.cost, p.name))
+                denial = Denial(until, p.spec.cost, p.name, recheck_s=now + RECHECK_S)
+                self._rt.cache.remember(p.spec.key, denial)
         decision = "local_limited" if local else "limited"
         return self._rejected(real, states, binding.name, retry_ms, decision)
 

@@ -1,6 +1,9 @@
 """Keys known to be over their limit, answered locally until their retry time has passed.
 
-A flood from one client then costs no storage round trip. An entry remembers the cost that
+A flood from one client then costs no storage round trip. An entry is trusted for at most
+``RECHECK_S`` (then storage is asked again), so an admin reset on any instance, or a window
+that another instance saw reset, is noticed everywhere within a second; a flood still costs at
+most one storage call per key per second per worker. An entry remembers the cost that
 was denied: a request of that cost or more on the same key is denied at least as long (every
 algorithm is monotone in cost), a cheaper one is asked of storage as usual.
 """
@@ -11,13 +14,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 DEFAULT_MAX_KEYS = 10_000
+RECHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class Denial:
-    until_s: float  # on the limiter's clock
+    until_s: float  # when the request would be allowed, on the limiter's clock
     cost: int
     policy: str
+    recheck_s: float = float("inf")  # when to stop trusting this entry and ask storage
 
 
 class OverLimitCache:
@@ -41,7 +46,7 @@ class OverLimitCache:
         denial = self._denials.get(key)
         if denial is None:
             return None
-        if denial.until_s <= now_s:
+        if min(denial.until_s, denial.recheck_s) <= now_s:
             del self._denials[key]
             return None
         return denial if cost >= denial.cost else None

@@ -150,7 +150,9 @@ local function decide(k0, a0, n, mode, out)
       local tat = tonumber(redis.call('GET', tkey) or now)
       local base = math.max(tat, now)
       local new_tat = base + cost * per
-      local ok = new_tat - now <= tolerance
+      -- tat is epoch ms as a double (about 2e-4 ms of precision): without the slack a full
+      -- bucket could refuse its last token when (limit + burst) * per rounds up.
+      local ok = new_tat - now <= tolerance + 0.001
       local retry = 0
       if not ok then retry = math.ceil((new_tat - now) - tolerance) end
       local reset = math.ceil(base - now)
