@@ -6,6 +6,8 @@ end in chunked, bad chunk framing, obs-fold and bad header bytes. What is left i
 
 from __future__ import annotations
 
+import ipaddress
+
 from apigate.http.errors import HttpError
 
 _FORBIDDEN_VALUE_BYTES = (b"\r", b"\n", b"\x00")
@@ -21,9 +23,36 @@ def check_host(headers: list[tuple[bytes, bytes]], version: str) -> bytes:
             raise HttpError(400, "missing Host header", close=True)
         return b""
     host = hosts[0].strip()
-    if b" " in host or b"/" in host or b"@" in host:
+    if not valid_host(host):
         raise HttpError(400, "bad Host header", close=True)
     return host
+
+
+_REG_NAME = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;="
+)
+
+
+def valid_host(host: bytes) -> bool:
+    """RFC 9112 3.2 / RFC 3986 3.2.2: ``uri-host [":" port]``.
+
+    ``b"api.example.com:8080"``, ``b"[::1]"`` and ``b"127.0.0.1"`` pass; ``b"[::1"``,
+    ``b"a b"`` and ``b"h:80x"`` do not.
+    """
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        if end < 0:
+            return False
+        try:
+            ipaddress.IPv6Address(host[1:end].decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            return False
+        rest = host[end + 1 :]
+        return rest == b"" or ((rest.startswith(b":") and rest[1:].isdigit()) or rest == b":")
+    name, _, port = host.partition(b":")
+    if port and not port.isdigit():
+        return False
+    return bool(name) and _REG_NAME.issuperset(name)
 
 
 def check_transfer_encoding(values: list[bytes], version: str) -> bool:
