@@ -9,6 +9,7 @@ costs one RSA/EC verification, not one per request.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -179,7 +180,8 @@ class JwtVerifier:
 
 
 def _is_number(value: object) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite JSON number: Python's json accepts NaN and Infinity, which never expire."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _reason(exc: pyjwt.PyJWTError) -> str:

@@ -106,3 +106,13 @@ async def test_jwks_url_cache_entries_live_at_most_jwks_cache_s(
     await check.verify(token)
     assert len(decodes) == 2
     await check.aclose()
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+async def test_non_finite_exp_is_rejected(clock: Any, value: str) -> None:
+    """An exp of NaN or Infinity (which Python's json accepts) is refused, never cached forever."""
+    header = {"alg": "HS256", "typ": "JWT"}
+    body = json.dumps({"sub": "acme"})[:-1] + f', "exp": {value}}}'
+    token = pyjwt.api_jws.encode(body.encode(), SECRET, algorithm="HS256", headers=header)
+    with pytest.raises(TokenRejected, match="exp must be a number"):
+        await verifier(clock).verify(token)
