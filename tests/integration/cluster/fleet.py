@@ -42,8 +42,14 @@ def gateway_config(
     timeout_ms: int = 50,
     key_prefix: str | None = None,
     server: Mapping[str, Any] | None = None,
+    extra_routes: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """A config with route ``/<name>`` limited by policy ``name`` for each policy, plus /probe."""
+    """A config with route ``/<name>`` limited by policy ``name`` for each policy, plus /probe.
+
+    ``extra_routes`` maps more route names to their policies: ``{"pair": ["a", "b"]}``.
+    """
+    routes = {name: [name] for name in [*policies, "probe"]}
+    routes.update({name: list(names) for name, names in (extra_routes or {}).items()})
     all_policies = {**policies, "probe": PROBE}
     return {
         "server": dict(server or {}),
@@ -56,8 +62,8 @@ def gateway_config(
         "upstreams": {"demo": {"targets": [f"http://127.0.0.1:{upstream_port}"]}},
         "routes": [
             {"name": name, "match": {"path_prefix": f"/{name}"}, "upstream": "demo",
-             "rate_limits": [name]}
-            for name in all_policies
+             "rate_limits": limits}
+            for name, limits in routes.items()
         ],
         "rate_limits": {name: dict(p) for name, p in all_policies.items()},
         "observability": {"access_log": False, "log_level": "info"},

@@ -15,9 +15,11 @@ import pytest
 from tests.integration.cluster.fleet import (
     assert_all_keys_expire,
     gateway_config,
+    reset_key,
     running_fleet,
     stored_keys,
     targets,
+    usage,
 )
 from tests.integration.cluster.traffic import blast, statuses
 from tests.support.gateway import Gateway
@@ -32,6 +34,14 @@ POLICIES = {
     "bucket": {"limit": 80, "burst": 20, "window": "1d", "algorithm": "token_bucket"},
 }
 ALLOWED = {"fixed": 100, "sliding": 100, "log": 100, "bucket": 100}
+# Two limits on one route with different identities, so different hash tags (on a Cluster,
+# different slots): the per-route one binds, and denied requests must charge the per-IP one
+# nothing (on a Cluster by refunding the group already charged).
+PAIR = {
+    "pair-ip": {"limit": 100, "window": "1d", "algorithm": "fixed_window"},
+    "pair-route": {"limit": 50, "window": "1d", "algorithm": "fixed_window", "key": "route"},
+}
+ADMIN = {"admin": {"limit": 10, "window": "1d", "algorithm": "sliding_log"}}
 
 STORAGES = [
     pytest.param("redis_server", id="redis"),
@@ -53,8 +63,11 @@ def fleet(
     """Three instances on ``storage``: one worker, one worker, two workers."""
     # closed + a generous timeout: on a busy machine a slow answer must show up as a 503,
     # never as an extra "allowed" (open) that would blur what exactness measures.
-    config = gateway_config(storage_url=storage.url, upstream_port=upstream_port,
-                            policies=POLICIES, on_failure="closed", timeout_ms=2000)
+    config = gateway_config(
+        storage_url=storage.url, upstream_port=upstream_port,
+        policies={**POLICIES, **PAIR, **ADMIN}, on_failure="closed", timeout_ms=2000,
+        extra_routes={"pair": list(PAIR)},
+    )
     with running_fleet(config, tmp_path_factory.mktemp("fleet"), workers=[1, 1, 2]) as gws:
         yield gws
 
@@ -68,6 +81,24 @@ def test_exactly_the_limit_is_allowed_across_instances(
     allowed = ALLOWED[policy]
     assert statuses(results) == {200: allowed, 429: TOTAL - allowed}
     assert all(r.retry_after is not None for r in results if r.status == 429)
+
+
+def test_a_request_denied_by_one_limit_charges_the_other_nothing(fleet: list[Gateway]) -> None:
+    """Two limits in two hash tags: exactly the tighter one's count passes, and only that
+    many are charged to the looser one."""
+    results = blast(targets(fleet), total=TOTAL, connections=CONNECTIONS, path="/pair")
+    assert statuses(results) == {200: 50, 429: TOTAL - 50}
+    assert usage(fleet[0], "pair-route", "route=pair")["remaining"] == 0
+    assert usage(fleet[0], "pair-ip")["remaining"] == 100 - 50
+
+
+def test_admin_usage_and_reset_on_this_storage(fleet: list[Gateway]) -> None:
+    """The admin API reads and resets a limit kept on this kind of storage."""
+    statuses_before = statuses(blast(targets(fleet), total=15, connections=3, path="/admin"))
+    assert statuses_before == {200: 10, 429: 5}
+    assert usage(fleet[1], "admin")["remaining"] == 0
+    reset_key(fleet[2], "admin")
+    assert usage(fleet[0], "admin")["remaining"] == 10
 
 
 def test_every_key_has_a_ttl(fleet: list[Gateway], storage: Any) -> None:
