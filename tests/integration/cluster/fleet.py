@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import redis
 from tests.integration.cluster.traffic import Target
 from tests.support.gateway import Gateway
 from tests.support.redis_servers import RedisNode
@@ -190,25 +189,7 @@ def usage(gateway: Gateway, policy: str, key: str = "ip=127.0.0.1") -> dict[str,
     return dict(body)
 
 
-def keys_without_ttl(nodes: Iterable[RedisNode]) -> list[str]:
-    """Keys whose PTTL is -1 on each live data node, replicas included (read with READONLY)."""
-    found: set[str] = set()
-    for node in nodes:
-        if not node.alive or node.sentinel_conf is not None:
-            continue
-        client = node.client()
-        try:
-            with contextlib.suppress(redis.ResponseError):  # not a cluster node
-                client.execute_command("READONLY")  # type: ignore[no-untyped-call]
-            found.update(
-                k.decode() for k in client.scan_iter(count=1000) if client.pttl(k) == -1
-            )
-        finally:
-            client.close()
-    return sorted(found)
-
-
 def assert_all_keys_expire(setup: Any) -> None:
     """No key on any node of a tests.support setup lacks a TTL (consumer records aside)."""
-    leaked = [k for k in keys_without_ttl(setup.nodes) if ":consumers:" not in k]
+    leaked = [k for k in setup.keys_without_ttl() if ":consumers:" not in k]
     assert leaked == [], f"keys without a TTL: {leaked[:10]}"
