@@ -63,9 +63,17 @@ class Outcome:
 class Storage(ABC):
     """Where counters live. All keys of one ``decide`` call share one hash tag."""
 
+    # True when ``decide`` raises StorageError by itself within storage.timeout_ms; otherwise
+    # the limiter wraps each call in a timer of its own.
+    bounds_own_calls = False
+
     @abstractmethod
     async def decide(self, specs: Sequence[LimitSpec]) -> Outcome:
-        """Check every spec; charge all of them only if all allow. Raises StorageError."""
+        """Check every spec; charge all of them only if all allow.
+
+        Raises StorageError; a storage with ``bounds_own_calls`` does so at the latest
+        ``storage.timeout_ms`` after the command went out.
+        """
 
     @abstractmethod
     async def peek(self, spec: LimitSpec) -> LimitState:

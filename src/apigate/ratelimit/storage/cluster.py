@@ -56,6 +56,8 @@ def key_slot(key: str) -> int:
 class ClusterStorage(Storage):
     """Counters spread over a Redis Cluster; each decision group is one EVALSHA on its master."""
 
+    bounds_own_calls = True  # every command carries its own deadline (resp.py)
+
     def __init__(self, slots: SlotMap, *, key_prefix: str, timeout_ms: int) -> None:
         self.slots = slots
         self._instances_key = f"{key_prefix}:instances"

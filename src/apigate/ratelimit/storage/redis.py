@@ -66,6 +66,8 @@ def parse_outcome(reply: Any, count: int) -> Outcome:
 class RedisStorage(Storage):
     """Counters on a single Redis server, decided by ``decide.lua``."""
 
+    bounds_own_calls = True  # every command carries its own deadline (resp.py)
+
     def __init__(self, client: RespClient, *, key_prefix: str, timeout_ms: int) -> None:
         self.client = client
         self._instances_key = f"{key_prefix}:instances"

@@ -169,7 +169,12 @@ class _Connection(asyncio.Protocol):
         for timeout, futs in batches.items():
             self._loop.call_later(timeout, self._expire, futs)
 
-    def _expire(self, futs: list[asyncio.Future[Any]]) -> None:
+    def _expire(self, futs: list[asyncio.Future[Any]], rechecked: bool = False) -> None:
+        if not rechecked and any(not fut.done() for fut in futs):
+            # libuv runs timers before it polls sockets: on a busy loop the reply may already
+            # sit unread in the socket. Look again after one poll before calling Redis late.
+            self._loop.call_later(0, self._expire, futs, True)
+            return
         expired = False
         for fut in futs:
             if not fut.done():
