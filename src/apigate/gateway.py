@@ -118,9 +118,11 @@ class Gateway:
         response_headers = [(b"x-request-id", request_id.encode())]
         policies = runtime.policies_for(route, caller)
         if policies:
+            started = time.perf_counter()
             verdict = await runtime.limiter.check(
                 route=route.name, policy_names=policies, caller=caller, headers=headers
             )
+            runtime.metrics.storage_seconds(time.perf_counter() - started)
             outcome.decision = verdict.decision
             outcome.policy = verdict.policy
             runtime.metrics.ratelimit_decision(

@@ -7,9 +7,12 @@ with a doubled cool-down (capped). The clock is injected (seconds), so tests set
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from enum import Enum
+
+log = logging.getLogger("apigate.ratelimit")
 
 
 class BreakerState(Enum):
@@ -59,6 +62,8 @@ class CircuitBreaker:
 
     def success(self) -> None:
         """The call answered: close the circuit and forget past failures."""
+        if self._state is not BreakerState.CLOSED:
+            log.warning("rate-limit storage answers again: circuit closed")
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._cooldown = self._base
@@ -79,6 +84,11 @@ class CircuitBreaker:
         self._probing = False
 
     def _open(self) -> None:
+        if self._state is BreakerState.CLOSED:
+            log.error(
+                "rate-limit storage failing: circuit open, storage.on_failure applies",
+                extra={"cooldown_s": self._cooldown},
+            )
         self._state = BreakerState.OPEN
         self._open_until = self._clock() + self._cooldown
         self._probing = False
