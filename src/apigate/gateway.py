@@ -18,6 +18,7 @@ from apigate.identity import Caller
 from apigate.observability.access_log import AccessEntry
 from apigate.observability.request_id import new_request_id, trace_id, valid_request_id
 from apigate.proxy.forward import ForwardFailed, Outbound
+from apigate.ratelimit import Verdict
 from apigate.routing.router import Match, MethodNotAllowed, host_without_port
 from apigate.runtime import Runtime
 
@@ -25,9 +26,11 @@ from apigate.runtime import Runtime
 class _Outcome:
     """What the access log and metrics need to know about one request."""
 
-    __slots__ = ("consumer", "decision", "policy", "route", "upstream")
+    __slots__ = ("client_ip", "consumer", "decision", "policy", "request_id", "route", "upstream")
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: str, client_ip: str) -> None:
+        self.request_id = request_id
+        self.client_ip = client_ip
         self.route: str | None = None
         self.upstream: str | None = None
         self.consumer: str | None = None
@@ -46,132 +49,134 @@ class Gateway:
         started = time.perf_counter()
         given = request.header(b"x-request-id")
         request_id = given.decode() if given and valid_request_id(given) else new_request_id()
-        client_ip = runtime.trusted.client_ip(conn.peer, request.header_values(b"x-forwarded-for"))
-        outcome = _Outcome()
+        client_ip = conn.peer
+        if runtime.trusted.enabled:
+            forwarded = request.header_values(b"x-forwarded-for")
+            client_ip = runtime.trusted.client_ip(client_ip, forwarded)
+        outcome = _Outcome(request_id, client_ip)
         runtime.metrics.inflight(1)
+        # One flat coroutine: every await level costs on each suspend and resume.
         try:
-            await self._route(
-                runtime=runtime, request=request, writer=writer, conn=conn,
-                request_id=request_id, client_ip=client_ip, outcome=outcome,
+            match = _match(runtime, request)
+            route = match.route
+            outcome.route = route.name
+            outcome.upstream = route.upstream
+            caller = Caller(client_ip)
+            headers = HeaderView(request.headers)
+            if route.auth != "none":
+                caller = await runtime.authenticate(route, headers, request.query, client_ip)
+                outcome.consumer = caller.consumer
+            response_headers = [(b"x-request-id", request_id.encode())]
+            policies = runtime.policies_for(route, caller)
+            if policies:
+                verdict = await self._limit(runtime, route, policies, caller, headers)
+                outcome.decision = verdict.decision
+                outcome.policy = verdict.policy
+                if not verdict.allowed:
+                    raise HttpError(
+                        verdict.status, verdict.error or "rate limited", headers=verdict.headers
+                    )
+                response_headers.extend(verdict.headers)
+            outbound = Outbound(
+                path=match.upstream_path,
+                query=_upstream_query(runtime, route, request.query),
+                headers=_forwarded_headers(runtime, request, conn.peer, request_id, caller),
+                drop=runtime.request_drop_headers(route),
+                response_headers=response_headers,
             )
+            upstream_started = time.perf_counter()
+            await runtime.forwarders[route.upstream].forward(request, writer, conn, outbound)
+            runtime.metrics.upstream_done(route.upstream, time.perf_counter() - upstream_started)
+        except ForwardFailed as exc:
+            runtime.metrics.upstream_error(outcome.upstream or "-", exc.kind)  # type: ignore[arg-type]
+            _answer_error(writer, exc, request_id)
+        except BodyTooLarge:
+            conn.pause_reading()
+            _answer_error(writer, HttpError(413, "request body too large", close=True), request_id)
+        except BodyAborted:
+            writer.close = True
         except HttpError as exc:
-            if writer.started:
-                writer.close = True
-            else:
-                writer.send_error(
-                    exc.status, exc.message, request_id, close=exc.close, headers=exc.headers
-                )
+            _answer_error(writer, exc, request_id)
         finally:
             runtime.metrics.inflight(-1)
             seconds = time.perf_counter() - started
             status = writer.status or 499
             runtime.metrics.request_done(outcome.route or "-", request.method, status, seconds)
-            runtime.access_log.log(
-                AccessEntry(
-                    method=request.method,
-                    path=request.path,
-                    query=request.query.decode("latin-1"),
-                    status=status,
-                    duration_ns=int(seconds * 1e9),
-                    client_ip=client_ip,
-                    source_ip=conn.peer,
-                    request_id=request_id,
-                    request_bytes=request.body.received if request.body else 0,
-                    response_bytes=writer.bytes_sent,
-                    user_agent=_text(request.header(b"user-agent")),
-                    trace_id=trace_id(request.header(b"traceparent")),
-                    route=outcome.route,
-                    upstream=outcome.upstream,
-                    consumer=outcome.consumer,
-                    ratelimit_decision=outcome.decision,
-                    ratelimit_policy=outcome.policy,
-                )
-            )
+            if runtime.access_log_enabled:
+                _log_access(runtime, request, writer, conn, outcome, seconds=seconds)
 
-    async def _route(
+    async def _limit(
         self,
-        *,
         runtime: Runtime,
-        request: Request,
-        writer: ResponseWriter,
-        conn: HttpConnection,
-        request_id: str,
-        client_ip: str,
-        outcome: _Outcome,
-    ) -> None:
-        try:
-            host = host_without_port(request.host)
-            match = runtime.router.match(host, request.path, request.method)
-        except MethodNotAllowed as exc:
-            allow = ", ".join(exc.allowed).encode()
-            raise HttpError(405, "method not allowed", headers=((b"allow", allow),)) from None
-        if match is None:
-            raise HttpError(404, "no route")
-        route = match.route
-        outcome.route = route.name
-        outcome.upstream = route.upstream
-        caller = Caller(client_ip)
-        headers = HeaderView(request.headers)
-        if route.auth != "none":
-            caller = await runtime.authenticate(route, headers, request.query, client_ip)
-            outcome.consumer = caller.consumer
-        response_headers = [(b"x-request-id", request_id.encode())]
-        policies = runtime.policies_for(route, caller)
-        if policies:
-            started = time.perf_counter()
-            verdict = await runtime.limiter.check(
-                route=route.name, policy_names=policies, caller=caller, headers=headers
-            )
-            runtime.metrics.storage_seconds(time.perf_counter() - started)
-            outcome.decision = verdict.decision
-            outcome.policy = verdict.policy
-            runtime.metrics.ratelimit_decision(
-                verdict.policy or "-", _metric_decision(verdict.decision)  # type: ignore[arg-type]
-            )
-            if not verdict.allowed:
-                raise HttpError(
-                    verdict.status, verdict.error or "rate limited", headers=verdict.headers
-                )
-            response_headers.extend(verdict.headers)
-        await self._forward(
-            runtime=runtime, request=request, writer=writer, conn=conn, match=match,
-            caller=caller, request_id=request_id, response_headers=response_headers,
-        )
-
-    async def _forward(
-        self,
-        *,
-        runtime: Runtime,
-        request: Request,
-        writer: ResponseWriter,
-        conn: HttpConnection,
-        match: Match,
+        route: RouteConfig,
+        policies: tuple[str, ...],
         caller: Caller,
-        request_id: str,
-        response_headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        route = match.route
-        outbound = Outbound(
-            path=match.upstream_path,
-            query=_upstream_query(runtime, route, request.query),
-            headers=_forwarded_headers(runtime, request, conn.peer, request_id, caller),
-            drop=runtime.request_drop_headers(route),
-            response_headers=response_headers,
-        )
-        forwarder = runtime.forwarders[route.upstream]
+        headers: HeaderView,
+    ) -> Verdict:
         started = time.perf_counter()
-        try:
-            await forwarder.forward(request, writer, conn, outbound)
-        except ForwardFailed as exc:
-            runtime.metrics.upstream_error(route.upstream, exc.kind)  # type: ignore[arg-type]
-            raise
-        except BodyTooLarge:
-            conn.pause_reading()
-            raise HttpError(413, "request body too large", close=True) from None
-        except BodyAborted:
-            writer.close = True
-            return
-        runtime.metrics.upstream_done(route.upstream, time.perf_counter() - started)
+        verdict = await runtime.limiter.check(
+            route=route.name, policy_names=policies, caller=caller, headers=headers
+        )
+        runtime.metrics.storage_seconds(time.perf_counter() - started)
+        runtime.metrics.ratelimit_decision(
+            verdict.policy or "-", _metric_decision(verdict.decision)  # type: ignore[arg-type]
+        )
+        return verdict
+
+
+def _match(runtime: Runtime, request: Request) -> Match:
+    """The route for this request, or HttpError 404 / 405."""
+    try:
+        host = host_without_port(request.host)
+        match = runtime.router.match(host, request.path, request.method)
+    except MethodNotAllowed as exc:
+        allow = ", ".join(exc.allowed).encode()
+        raise HttpError(405, "method not allowed", headers=((b"allow", allow),)) from None
+    if match is None:
+        raise HttpError(404, "no route")
+    return match
+
+
+def _answer_error(writer: ResponseWriter, error: HttpError, request_id: str) -> None:
+    """The JSON error, or, when the response has already begun, a cut connection."""
+    if writer.started:
+        writer.close = True
+    else:
+        writer.send_error(
+            error.status, error.message, request_id, close=error.close, headers=error.headers
+        )
+
+
+def _log_access(
+    runtime: Runtime,
+    request: Request,
+    writer: ResponseWriter,
+    conn: HttpConnection,
+    outcome: _Outcome,
+    *,
+    seconds: float,
+) -> None:
+    runtime.access_log.log(
+        AccessEntry(
+            method=request.method,
+            path=request.path,
+            query=request.query.decode("latin-1"),
+            status=writer.status or 499,
+            duration_ns=int(seconds * 1e9),
+            client_ip=outcome.client_ip,
+            source_ip=conn.peer,
+            request_id=outcome.request_id,
+            request_bytes=request.body.received if request.body else 0,
+            response_bytes=writer.bytes_sent,
+            user_agent=_text(request.header(b"user-agent")),
+            trace_id=trace_id(request.header(b"traceparent")),
+            route=outcome.route,
+            upstream=outcome.upstream,
+            consumer=outcome.consumer,
+            ratelimit_decision=outcome.decision,
+            ratelimit_policy=outcome.policy,
+        )
+    )
 
 
 def _upstream_query(runtime: Runtime, route: RouteConfig, query: bytes) -> bytes:

@@ -36,6 +36,7 @@ class Runtime:
     auth: Authenticator
     metrics: MetricsSink
     access_log: AccessLog | NullAccessLog
+    access_log_enabled: bool
     consumer_limits: bool
     drop_headers: Mapping[str, frozenset[bytes]]  # per route: gateway-set + credential headers
 
@@ -102,6 +103,7 @@ def build_runtime(
         auth=auth,
         metrics=metrics,
         access_log=access_log,
+        access_log_enabled=config.observability.access_log,
         consumer_limits=consumer_limits,
         drop_headers=drop_headers,
     )

@@ -43,5 +43,14 @@ def error_body(message: str, request_id: str) -> bytes:
     return json.dumps({"error": message, "request_id": request_id}, separators=(",", ":")).encode()
 
 
+_STATUS_LINES: dict[tuple[str, int], bytes] = {}
+
+
 def status_line(version: str, status: int) -> bytes:
-    return f"HTTP/{version} {status} {REASONS.get(status, 'Unknown')}\r\n".encode()
+    """``status_line("1.1", 404)`` -> ``b"HTTP/1.1 404 Not Found\\r\\n"``, built once, cached."""
+    line = _STATUS_LINES.get((version, status))
+    if line is None:
+        line = f"HTTP/{version} {status} {REASONS.get(status, 'Unknown')}\r\n".encode()
+        if len(_STATUS_LINES) < 4096:
+            _STATUS_LINES[(version, status)] = line
+    return line

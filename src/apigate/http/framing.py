@@ -10,12 +10,9 @@ import ipaddress
 
 from apigate.http.errors import HttpError
 
-_FORBIDDEN_VALUE_BYTES = (b"\r", b"\n", b"\x00")
 
-
-def check_host(headers: list[tuple[bytes, bytes]], version: str) -> bytes:
+def check_host(hosts: list[bytes], version: str) -> bytes:
     """RFC 9112 3.2: exactly one Host in HTTP/1.1 (at most one in 1.0); returns it or b""."""
-    hosts = [value for name, value in headers if name == b"host"]
     if len(hosts) > 1:
         raise HttpError(400, "more than one Host header", close=True)
     if not hosts:
@@ -23,9 +20,23 @@ def check_host(headers: list[tuple[bytes, bytes]], version: str) -> bytes:
             raise HttpError(400, "missing Host header", close=True)
         return b""
     host = hosts[0].strip()
-    if not valid_host(host):
+    if host not in _VALID_HOSTS and not _remember_valid(host):
         raise HttpError(400, "bad Host header", close=True)
     return host
+
+
+# Hosts already found valid: a gateway sees few distinct ones, so most checks are one lookup.
+_VALID_HOSTS: dict[bytes, None] = {}
+_VALID_HOSTS_MAX = 1024
+
+
+def _remember_valid(host: bytes) -> bool:
+    if not valid_host(host):
+        return False
+    if len(_VALID_HOSTS) >= _VALID_HOSTS_MAX:
+        _VALID_HOSTS.clear()
+    _VALID_HOSTS[host] = None
+    return True
 
 
 _REG_NAME = frozenset(
@@ -71,13 +82,6 @@ def check_transfer_encoding(values: list[bytes], version: str) -> bool:
     if codings != [b"chunked"]:
         raise HttpError(501, "only Transfer-Encoding: chunked is supported", close=True)
     return True
-
-
-def check_header_values(headers: list[tuple[bytes, bytes]]) -> None:
-    """CR, LF and NUL never reach a header value we forward (llhttp refuses most already)."""
-    for _, value in headers:
-        if any(b in value for b in _FORBIDDEN_VALUE_BYTES):
-            raise HttpError(400, "bad byte in header value", close=True)
 
 
 def split_target(method: str, target: bytes) -> tuple[bytes, bytes]:

@@ -20,7 +20,6 @@ from apigate.http.body import BodyAborted, RequestBody
 from apigate.http.errors import HttpError, error_body, status_line
 from apigate.http.flush import flusher
 from apigate.http.framing import (
-    check_header_values,
     check_host,
     check_transfer_encoding,
     split_target,
@@ -79,6 +78,7 @@ class HttpConnection(asyncio.Protocol):
         self.peer = ""
         self._queue: deque[tuple[Request, ResponseWriter]] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.Future[None] | None = None
         self._closing = False
         self._reading_paused = False
         self._writing_paused = False
@@ -301,11 +301,24 @@ class HttpConnection(asyncio.Protocol):
         if version not in ("1.1", "1.0"):
             raise HttpError(505, "HTTP version not supported", close=True)
         headers = self._headers
-        check_header_values(headers)
-        host = check_host(headers, version)
-        chunked = check_transfer_encoding(
-            [v for n, v in headers if n == b"transfer-encoding"], version
-        )
+        # CR, LF and NUL in a value never get here: llhttp refuses them (DESIGN.md, decision 5).
+        hosts: list[bytes] = []
+        codings: list[bytes] = []
+        content_length = None
+        expect = None
+        for name, value in headers:  # one pass for every header the framing rules look at
+            if name == b"host":
+                hosts.append(value)
+            elif name == b"content-length":
+                content_length = int(value)  # llhttp has refused a bad or duplicate one
+            elif name == b"transfer-encoding":
+                codings.append(value)
+            elif name == b"expect":
+                expect = value
+        host = check_host(hosts, version)
+        chunked = check_transfer_encoding(codings, version)
+        if chunked:
+            content_length = None
         if method == "CONNECT":
             raise HttpError(405, "CONNECT is not supported", close=True)
         raw_path, query = split_target(method, self._url)
@@ -313,15 +326,9 @@ class HttpConnection(asyncio.Protocol):
             path = raw_path.decode("ascii") if raw_path == b"*" else canonical_path(raw_path)
         except BadPath as exc:
             raise HttpError(400, f"bad path: {exc}", close=True) from None
-        content_length = None
-        if not chunked:
-            for name, value in headers:
-                if name == b"content-length":
-                    content_length = int(value)
         if content_length is not None and content_length > self._limits.max_body_bytes:
             raise HttpError(413, "request body too large", close=True)
         has_body = chunked or bool(content_length)
-        expect = next((v for n, v in headers if n == b"expect"), None)
         if expect is not None and expect.lower() != b"100-continue":
             raise HttpError(417, "unsupported Expect", close=True)
         body = None
@@ -358,25 +365,37 @@ class HttpConnection(asyncio.Protocol):
     # -- serving --------------------------------------------------------------------------
 
     def _start_next(self) -> None:
-        request, writer = self._queue[0]
-        self._disarm()
-        if self._tracker.draining:
-            writer.close = True
-        self._task = self._loop.create_task(self._serve(request, writer))
+        """Wake this connection's serving task (one task per connection, not per request)."""
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve())
+        elif self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
-    async def _serve(self, request: Request, writer: ResponseWriter) -> None:
-        try:
-            await self._tracker.handler(request, writer, self)
-        except asyncio.CancelledError:
-            self.close()
-            return
-        except Exception:
-            log.exception("request handling failed")
-            if not writer.started:
-                writer.send_error(500, "internal error", "-", close=True)
-            else:
+    async def _serve(self) -> None:
+        """Answer queued requests in order until the connection closes."""
+        queue = self._queue
+        while not self._closing:
+            if not queue:
+                self._idle = self._loop.create_future()
+                await self._idle
+                self._idle = None
+                continue
+            request, writer = queue[0]
+            self._disarm()
+            if self._tracker.draining:
+                writer.close = True
+            try:
+                await self._tracker.handler(request, writer, self)
+            except asyncio.CancelledError:
                 self.close()
-        self._finish(writer)
+                return
+            except Exception:
+                log.exception("request handling failed")
+                if not writer.started:
+                    writer.send_error(500, "internal error", "-", close=True)
+                else:
+                    self.close()
+            self._finish(writer)
 
     def _finish(self, writer: ResponseWriter) -> None:
         self._queue.popleft()
@@ -386,8 +405,8 @@ class HttpConnection(asyncio.Protocol):
         if self._reading_paused and len(self._queue) < MAX_PIPELINE:
             self.resume_reading()
         if self._queue:
-            self._start_next()
-        elif self._in_head:
+            return
+        if self._in_head:
             self._arm(self._limits.header_timeout_s, "header")
         else:
             self._arm(self._limits.keepalive_timeout_s, "idle")

@@ -24,6 +24,11 @@ class TrustedProxies:
             ipaddress.ip_network(c, strict=False) for c in cidrs
         )
 
+    @property
+    def enabled(self) -> bool:
+        """False when no proxy is trusted: the client is always the socket peer."""
+        return bool(self._networks)
+
     def trusts(self, address: str) -> bool:
         if not self._networks:
             return False

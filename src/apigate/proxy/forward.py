@@ -64,6 +64,26 @@ def _request_head(request: Request, outbound: Outbound, target: Target) -> bytes
     return b"".join(lines)
 
 
+async def _stream_body(
+    body: RequestBody, chunked: bool, conn: UpstreamConnection, exchange: Exchange
+) -> ResponseHead:
+    """Send the body while waiting for the response head (an upstream may answer early)."""
+    sender = asyncio.get_running_loop().create_task(_send_body(body, conn, chunked))
+    try:
+        await asyncio.wait((sender, exchange.head), return_when=asyncio.FIRST_COMPLETED)
+        if sender.done() and sender.exception() is not None:
+            raise sender.exception()  # type: ignore[misc]
+        return await exchange.head
+    except BaseException:
+        conn.close()  # half a request went upstream: the connection cannot be reused
+        raise
+    finally:
+        if not sender.done():
+            # The upstream answered before reading the whole body: stop sending.
+            sender.cancel()
+            conn.reusable = False
+
+
 async def _send_body(body: RequestBody, conn: UpstreamConnection, chunked: bool) -> None:
     while chunk := await body.read():
         conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
@@ -104,8 +124,16 @@ class Forwarder:
                     if attempts > 0 and (request.body is None or request.body.received == 0):
                         continue
                     raise ForwardFailed(502, str(exc), exc.kind) from None
+                exchange = conn.begin(
+                    head_only=request.method == "HEAD",
+                    read_timeout_s=upstream.config.read_timeout_s,
+                )
+                conn.write(_request_head(request, outbound, target))
                 try:
-                    head, exchange = await self._exchange(request, conn, target, outbound)
+                    if request.body is None:
+                        head = await exchange.head  # the common case, without an extra frame
+                    else:
+                        head = await _stream_body(request.body, request.chunked, conn, exchange)
                 except UpstreamError as exc:
                     conn.close()
                     if reused and exc.kind == "reset" and stale_retry:
@@ -116,6 +144,9 @@ class Forwarder:
                     status = 504 if exc.kind == "timeout" else 502
                     kind = "reset" if exc.kind == "protocol" else exc.kind
                     raise ForwardFailed(status, str(exc), kind) from None
+                except BaseException:
+                    conn.close()  # cancelled mid-exchange: the connection cannot be reused
+                    raise
                 upstream.record_success(target)
                 await self._relay(
                     request=request, writer=writer, client=client, conn=conn, target=target,
@@ -124,34 +155,6 @@ class Forwarder:
                 return target.url
             finally:
                 target.active -= 1
-
-    async def _exchange(
-        self, request: Request, conn: UpstreamConnection, target: Target, outbound: Outbound
-    ) -> tuple[ResponseHead, Exchange]:
-        exchange = conn.begin(
-            head_only=request.method == "HEAD", read_timeout_s=self.upstream.config.read_timeout_s
-        )
-        conn.write(_request_head(request, outbound, target))
-        sender: asyncio.Task[None] | None = None
-        if request.body is not None:
-            sender = asyncio.get_running_loop().create_task(
-                _send_body(request.body, conn, request.chunked)
-            )
-        try:
-            if sender is not None:
-                await asyncio.wait((sender, exchange.head), return_when=asyncio.FIRST_COMPLETED)
-                if sender.done() and sender.exception() is not None:
-                    raise sender.exception()  # type: ignore[misc]
-            head = await exchange.head
-        except BaseException:
-            conn.close()  # half a request went upstream: the connection cannot be reused
-            raise
-        finally:
-            if sender is not None and not sender.done():
-                # The upstream answered before reading the whole body: stop sending.
-                sender.cancel()
-                conn.reusable = False
-        return head, exchange
 
     async def _relay(
         self,

@@ -27,12 +27,14 @@ def end_to_end(
     ``end_to_end([(b"connection", b"X-A"), (b"x-a", b"1"), (b"accept", b"*/*")], frozenset())``
     -> ``[(b"accept", b"*/*")]``.
     """
-    listed = connection_listed(headers) if any(n == b"connection" for n, _ in headers) else ()
-    return [
-        (name, value)
-        for name, value in headers
-        if name not in HOP_BY_HOP
-        and name not in drop
-        and name not in listed
-        and not name.startswith(b"proxy-")
-    ]
+    out = []
+    listed: frozenset[bytes] = frozenset()
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in drop or name.startswith(b"proxy-"):
+            if name == b"connection":
+                listed = listed | {t.strip().lower() for t in value.split(b",")}
+            continue
+        out.append((name, value))
+    if listed:
+        out = [(name, value) for name, value in out if name not in listed]
+    return out

@@ -13,6 +13,10 @@ from apigate.config.model import UpstreamConfig
 from apigate.proxy.connection import UpstreamConnection, UpstreamError
 
 
+def _active(target: Target) -> int:
+    return target.active
+
+
 class Target:
     """One ``http://host:port`` of an upstream, with its idle pool and health."""
 
@@ -68,24 +72,34 @@ class Upstream:
         self._next = 0
         self._retired = False
         self._healthy = len(self.targets)
+        self._any_ejected = False
         self.on_health_change: Callable[[str, int], None] | None = None  # (name, ejected)
 
     def pick(self, exclude: tuple[Target, ...] = ()) -> Target | None:
         """A healthy target by the balancing policy, avoiding ``exclude`` when possible."""
-        now = self._clock()
-        healthy = [t for t in self.targets if t.available(now)]
-        if len(healthy) != self._healthy:
-            self._health_changed(len(healthy))
-        candidates = [t for t in healthy if t not in exclude] or healthy
-        if not candidates:
-            return None
+        if self._any_ejected or exclude:
+            candidates = self._candidates(exclude)
+            if not candidates:
+                return None
+        else:
+            candidates = self.targets  # the common case: nobody ejected, nothing to avoid
+        if len(candidates) == 1:
+            return candidates[0]
         balance = self.config.balance
         if balance == "least_conn":
-            return min(candidates, key=lambda t: t.active)
+            return min(candidates, key=_active)
         if balance == "random":
             return random.choice(candidates)
         self._next += 1
         return candidates[self._next % len(candidates)]
+
+    def _candidates(self, exclude: tuple[Target, ...]) -> tuple[Target, ...]:
+        now = self._clock()
+        healthy = tuple(t for t in self.targets if t.available(now))
+        if len(healthy) != self._healthy:
+            self._health_changed(len(healthy))
+        self._any_ejected = len(healthy) != len(self.targets)
+        return tuple(t for t in healthy if t not in exclude) or healthy
 
     def ejected(self) -> int:
         now = self._clock()
@@ -96,6 +110,7 @@ class Upstream:
         if target.failures >= self.config.max_failures:
             target.ejected_until = self._clock() + self.config.eject_s
             target.failures = 0
+            self._any_ejected = True
             self._health_changed(len(self.targets) - self.ejected())
 
     def _health_changed(self, healthy: int) -> None:

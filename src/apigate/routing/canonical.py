@@ -19,12 +19,29 @@ class BadPath(ValueError):
     """The path cannot be canonicalised; the request is answered 400."""
 
 
+_CACHE: dict[bytes, str] = {}
+_CACHE_MAX = 4096
+
+
 def canonical_path(raw: bytes) -> str:
     """Canonicalise an origin-form path (no query).
 
     >>> canonical_path(b"/a//b/./c/../%7Euser/%2e%2e/x%2a")
     '/a/b/x%2A'
+
+    Results are cached (bounded): an API sees the same few thousand paths again and again.
     """
+    cached = _CACHE.get(raw)
+    if cached is not None:
+        return cached
+    path = _canonicalise(raw)
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _CACHE[raw] = path
+    return path
+
+
+def _canonicalise(raw: bytes) -> str:
     if not raw.startswith(b"/"):
         raise BadPath("path must start with '/'")
     if not _ALLOWED.issuperset(raw):
