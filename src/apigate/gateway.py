@@ -38,6 +38,10 @@ class _Outcome:
         self.policy: str | None = None
 
 
+# Routes without auth or limits never look at the caller; they share this one.
+_ANONYMOUS = Caller("")
+
+
 class Gateway:
     """The data plane's handler; ``runtime`` is replaced atomically on reload."""
 
@@ -61,7 +65,7 @@ class Gateway:
             route = match.route
             outcome.route = route.name
             outcome.upstream = route.upstream
-            caller = Caller(client_ip)
+            caller = _ANONYMOUS if not runtime.identifies(route) else Caller(client_ip)
             headers = HeaderView(request.headers)
             if route.auth != "none":
                 caller = await runtime.authenticate(route, headers, request.query, client_ip)

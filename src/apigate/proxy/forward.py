@@ -26,7 +26,7 @@ GATEWAY_REQUEST_HEADERS = frozenset(
 _RESPONSE_DROP = frozenset({b"content-length", b"x-request-id"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays object.__setattr__ per field
 class Outbound:
     """What the gateway decided to send upstream besides the client's own headers."""
 
@@ -181,6 +181,15 @@ class Forwarder:
         writer.start(head.status, headers, content_length=length)
         if head.status == 101:
             writer.close = True  # a 101 the client did not ask for: nothing sane follows
+        done = exchange.done
+        if done.done() and done.exception() is None:
+            # The whole response came with its head (the common small response): no sink.
+            for chunk in exchange.buffered:
+                writer.write(chunk)
+            exchange.buffered.clear()
+            writer.end()
+            self._finish(request, target, conn)
+            return
         client.on_writable = conn.resume_reading
 
         def sink(chunk: bytes) -> None:
@@ -198,6 +207,9 @@ class Forwarder:
         finally:
             client.on_writable = None
         writer.end()
+        self._finish(request, target, conn)
+
+    def _finish(self, request: Request, target: Target, conn: UpstreamConnection) -> None:
         if request.body is not None and not request.body.complete:
             conn.reusable = False
         self.upstream.release(target, conn)
