@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -165,6 +166,18 @@ def _close_later(runtime: Runtime) -> None:
         task.add_done_callback(_CLOSING.discard)
 
 
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes on the request path.
+
+    Requests allocate many short-lived objects and almost no cycles, yet the default gen-0
+    threshold (700) ran a collection every few requests (7% of a worker's CPU in a profile).
+    Everything built at start-up is frozen out of the collector's view.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="apigate-worker")
     parser.add_argument("--config", required=True)
@@ -179,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         worker = Worker(args.config, config)
+        tune_gc()
         await worker.serve(args.ready_fd)
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -32,7 +32,7 @@ class UnknownPolicyError(LookupError):
     """The admin API named a policy the current config does not have."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per request: not frozen (object.__setattr__ per field)
 class Verdict:
     """The limiter's answer for one request.
 
@@ -54,7 +54,7 @@ class Verdict:
 _UNLIMITED = Verdict(True, 200, "unlimited")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Planned:
     name: str
     policy: RateLimitPolicy
@@ -80,6 +80,15 @@ class RateLimiter:
         )
         self._rt.timeout_s = timeout_s
         self._policy_values: dict[tuple[str, ...], bytes] = {}
+        self._quotas: dict[tuple[str, ...], list[hdr.Quota]] = {}
+        # Planned specs of policies keyed only by client_ip/consumer/route with a fixed cost:
+        # the same client on the same route plans the same spec every time.
+        self._planned: dict[tuple[str, str, str | None, str], _Planned] = {}
+        self._memoizable = {
+            name: isinstance(p.cost, int)
+            and all(part in ("client_ip", "consumer", "route") for part in p.key.split("+"))
+            for name, p in config.rate_limits.items()
+        }
 
     @property
     def guard(self) -> StorageGuard:
@@ -183,12 +192,23 @@ class RateLimiter:
             if policy is None or name in seen:
                 continue
             seen.add(name)
+            memo = (name, caller.client_ip, caller.consumer, route)
+            if self._memoizable[name]:
+                planned = self._planned.get(memo)
+                if planned is not None:
+                    out.append(planned)
+                    continue
             key = request_key(
                 key_prefix=config.storage.key_prefix, policy_name=name, policy=policy,
                 route=route, caller=caller, headers=headers,
                 ipv6_prefix=config.server.ipv6_prefix,
             )
-            out.append(_Planned(name, policy, _spec(key, policy, request_cost(policy, headers))))
+            planned = _Planned(name, policy, _spec(key, policy, request_cost(policy, headers)))
+            if self._memoizable[name]:
+                if len(self._planned) >= _PLANNED_MAX:
+                    self._planned.clear()
+                self._planned[memo] = planned
+            out.append(planned)
         return out
 
     async def _enforce(self, real: list[_Planned]) -> Verdict:
@@ -270,8 +290,13 @@ class RateLimiter:
         mode = self._config.rate_limit_headers
         if mode == "none":
             return ()
-        quotas = [hdr.Quota(p.name, p.policy.limit, p.policy.window) for p in real]
         names = tuple(p.name for p in real)
+        quotas = self._quotas.get(names)
+        if quotas is None:
+            quotas = [hdr.Quota(p.name, p.policy.limit, p.policy.window) for p in real]
+            if len(self._quotas) > 1024:
+                self._quotas.clear()
+            self._quotas[names] = quotas
         value = self._policy_values.get(names)
         if value is None:
             if len(self._policy_values) > 1024:  # bounded: policy sets come from config
@@ -295,6 +320,9 @@ class RateLimiter:
     def _ensure_heartbeat(self) -> None:
         if self._config.storage.on_failure == "local":
             self._rt.start_heartbeat()
+
+
+_PLANNED_MAX = 10_000
 
 
 def _spec(key: str, policy: RateLimitPolicy, cost: int) -> LimitSpec:

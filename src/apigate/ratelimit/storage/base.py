@@ -38,7 +38,7 @@ class LimitSpec:
     cost: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per decision: a frozen dataclass pays object.__setattr__
 class LimitState:
     """What one limit looks like after the decision (or a peek).
 
@@ -52,7 +52,7 @@ class LimitState:
     retry_after_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """The atomic result: allowed only if every limit allowed; then (and only then) charged."""
 

@@ -44,11 +44,15 @@ class DecisionBatcher:
         # The loop the end-of-tick flush is scheduled on (None: not scheduled). Keyed by loop,
         # so a loop that stopped before running the flush cannot leave the batcher stuck.
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
 
     def submit(self, specs: Sequence[LimitSpec], codes: dict[Any, int]) -> asyncio.Future[Outcome]:
         """Queue one decision (mode 0) of ``specs``; its Outcome arrives on the future."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            # asyncio.get_running_loop() costs a getpid() syscall per call: look it up once.
+            loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Outcome] = loop.create_future()
         if self._scheduled_on is not loop:
             self._scheduled_on = loop

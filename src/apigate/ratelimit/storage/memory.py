@@ -65,6 +65,8 @@ class _Check:
 class MemoryStorage(Storage):
     """Counters in a dict of this process; ``clock`` returns ms (injected in tests)."""
 
+    bounds_own_calls = True  # decides without waiting on anything
+
     def __init__(self, *, clock: Callable[[], int] | None = None) -> None:
         self._clock = clock or wall_clock_ms()
         self._entries: dict[str, _Entry] = {}
