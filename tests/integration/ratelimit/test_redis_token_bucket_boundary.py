@@ -14,7 +14,7 @@ from apigate.ratelimit.storage.redis import RedisStorage
 
 @pytest.mark.parametrize(
     ("limit", "window_ms", "burst"),
-    [(199, 60_000, 0), (7, 1_000, 0), (97, 3_600_000, 3), (3, 60_000, 0), (151, 1_000, 0)],
+    [(199, 60_000, 0), (7, 60_000, 0), (97, 3_600_000, 3), (3, 60_000, 0), (151, 3_600_000, 0)],
 )
 async def test_full_bucket_passes_every_token(
     redis_server: RedisServer, limit: int, window_ms: int, burst: int
@@ -31,6 +31,5 @@ async def test_full_bucket_passes_every_token(
             allowed += outcome.allowed
     finally:
         await storage.aclose()
-    # Refill during the loop is at most a token or two for the 1 s windows.
-    refill = 2 if window_ms <= 1_000 else 0
-    assert limit + burst <= allowed <= limit + burst + refill
+    # Windows of a minute or more: the loop's few milliseconds refill less than one token.
+    assert allowed == limit + burst

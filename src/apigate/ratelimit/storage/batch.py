@@ -65,21 +65,22 @@ class DecisionBatcher:
         args.append(0)
         self._waiters.append((fut, len(specs)))
         if len(self._waiters) >= self._max_groups:
-            self._send(early=True)
+            self._send()
         return fut
 
     def _end_of_tick(self) -> None:
         self._scheduled_on = None
-        self._send(early=False)
+        self._send()
 
-    def _send(self, *, early: bool) -> None:
+    def _send(self) -> None:
         waiters = self._waiters
         if not waiters:
             return
         command: Command = (_EVALSHA, self._script.sha, len(self._keys), *self._keys, *self._args)
         self._keys, self._args, self._waiters = [], [], []
         self.batches += 1
-        fut = self._client.try_send(command, self._timeout_s, write_now=early)
+        # Already at the end of the tick (or a full batch): write now, not one tick later.
+        fut = self._client.try_send(command, self._timeout_s, write_now=True)
         if fut is None:  # not connected: the slow path connects (within the timeout) first
             self._via_task(command, waiters)
             return
