@@ -269,7 +269,11 @@ class ConsumerDirectory:
     @staticmethod
     async def _write(sync: _RedisSync, op: Awaitable[bool], name: str,
                      *, exists_is_conflict: bool = False) -> None:
-        """Run one store write, then reload at once so this instance sees it immediately."""
+        """Run one store write, then reload this process's copy at once.
+
+        Other processes (this instance's workers included) see it on their next poll, within
+        about a second.
+        """
         done = await _store_call(op)
         await _store_call(sync.refresh(force=True))
         if not done:

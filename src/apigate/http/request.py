@@ -21,11 +21,13 @@ class HeaderView(Mapping[str, str]):
         self._headers = headers
 
     def __getitem__(self, name: str) -> str:
+        """The field value; a repeated field is combined with ", " (RFC 9110 5.3), so a second
+        credential or cost can never be ignored in favour of the first."""
         key = name.lower().encode("latin-1")
-        for header, value in self._headers:
-            if header == key:
-                return value.decode("latin-1")
-        raise KeyError(name)
+        values = [value for header, value in self._headers if header == key]
+        if not values:
+            raise KeyError(name)
+        return (values[0] if len(values) == 1 else b", ".join(values)).decode("latin-1")
 
     def __iter__(self) -> Iterator[str]:
         seen = dict.fromkeys(name.decode("latin-1") for name, _ in self._headers)

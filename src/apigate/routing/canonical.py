@@ -50,6 +50,10 @@ def _canonicalise(raw: bytes) -> str:
         raw = _normalise_escapes(raw)
     segments: list[bytes] = []
     for segment in raw.split(b"/")[1:]:
+        if segment.startswith((b"..;", b".;")):
+            # Servlet containers read ";..." as a path parameter and resolve "..;" as "..":
+            # the upstream would route elsewhere than we did.
+            raise BadPath("dot segment with path parameters")
         if segment == b"..":
             if not segments:
                 raise BadPath("path escapes the root")

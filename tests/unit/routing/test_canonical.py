@@ -50,3 +50,10 @@ def test_refused_paths(raw: bytes) -> None:
     """Paths escaping the root, encoded separators and bad escapes are refused."""
     with pytest.raises(BadPath):
         canonical_path(raw)
+
+
+@pytest.mark.parametrize("raw", [b"/public/..;/admin", b"/a/.;x/b", b"/public/%2e%2e;/admin"])
+def test_dot_segments_with_path_parameters_are_refused(raw: bytes) -> None:
+    """`..;` reads as `..` to servlet containers, so it is refused rather than routed as a name."""
+    with pytest.raises(BadPath):
+        canonical_path(raw)
