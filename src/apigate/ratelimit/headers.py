@@ -40,11 +40,24 @@ def seconds_up(ms: int) -> int:
     return -(-ms // 1000)
 
 
+_SF_CACHE: dict[str, str] = {}
+
+
 def sf_string(text: str) -> str:
     """A Structured Field String (RFC 8941 3.3.3): ``per"ip`` -> ``"per\\"ip"``.
 
     Characters outside printable ASCII are not allowed in an sf-string; they become ``_``.
+    Policy names come from the config, so each is rendered once.
     """
+    cached = _SF_CACHE.get(text)
+    if cached is None:
+        cached = _sf_string(text)
+        if len(_SF_CACHE) < 4096:
+            _SF_CACHE[text] = cached
+    return cached
+
+
+def _sf_string(text: str) -> str:
     out = []
     for ch in text:
         if ch in '"\\':
@@ -65,6 +78,11 @@ def policy_value(quotas: Sequence[Quota]) -> bytes:
 
 def ratelimit_value(quotas: Sequence[Quota], states: Sequence[LimitState]) -> bytes:
     """The ``RateLimit`` value: one item per policy with what remains and when it resets."""
+    if len(quotas) == 1:  # the common case, without a generator
+        state = states[0]
+        return (
+            f"{sf_string(quotas[0].name)};r={state.remaining};t={-(-state.reset_ms // 1000)}"
+        ).encode("ascii")
     return ", ".join(
         f"{sf_string(q.name)};r={s.remaining};t={seconds_up(s.reset_ms)}"
         for q, s in zip(quotas, states, strict=True)

@@ -256,10 +256,13 @@ class RateLimiter:
     def _verdict(self, real: list[_Planned], outcome: Outcome, *, local: bool) -> Verdict:
         states = outcome.states
         if outcome.allowed:
-            tightest = min(zip(real, states, strict=True), key=lambda ps: ps[1].remaining)
+            if len(real) == 1:
+                tightest_name = real[0].name
+            else:
+                tightest_name = min(zip(real, states, strict=True), key=_remaining)[0].name
             return Verdict(
                 True, 200, "local_allowed" if local else "allowed",
-                headers=self._headers(real, states), policy=tightest[0].name,
+                headers=self._headers(real, states), policy=tightest_name,
             )
         denied = [(p, s) for p, s in zip(real, states, strict=True) if s.retry_after_ms > 0]
         retry_ms = max((s.retry_after_ms for _, s in denied), default=1000)
@@ -323,6 +326,10 @@ class RateLimiter:
 
 
 _PLANNED_MAX = 10_000
+
+
+def _remaining(pair: tuple[_Planned, LimitState]) -> int:
+    return pair[1].remaining
 
 
 def _spec(key: str, policy: RateLimitPolicy, cost: int) -> LimitSpec:
