@@ -38,6 +38,34 @@ class TickFlusher:
             conn.flush()
 
 
+class TickBuffer:
+    """Bytes one connection wrote during this tick; ``flush`` sends them in one write."""
+
+    __slots__ = ("_flusher", "_out", "_transport")
+
+    def __init__(self, transport: asyncio.WriteTransport | None = None) -> None:
+        self._flusher = flusher()
+        self._out: list[bytes] = []
+        self._transport = transport
+
+    def attach(self, transport: asyncio.WriteTransport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        if not self._out:
+            self._flusher.add(self)
+        self._out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+
 _FLUSHERS: dict[asyncio.AbstractEventLoop, TickFlusher] = {}
 
 

@@ -18,7 +18,7 @@ import httptools
 
 from apigate.http.body import BodyAborted, RequestBody
 from apigate.http.errors import HttpError, error_body, status_line
-from apigate.http.flush import flusher
+from apigate.http.flush import TickBuffer
 from apigate.http.framing import (
     check_host,
     check_transfer_encoding,
@@ -71,8 +71,7 @@ class HttpConnection(asyncio.Protocol):
         self._tracker = tracker
         self._limits = tracker.limits
         self._loop = asyncio.get_running_loop()
-        self._flusher = flusher()
-        self._out: list[bytes] = []
+        self._out = TickBuffer()
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
@@ -100,6 +99,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._out.attach(self.transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         tracker = self._tracker
@@ -186,19 +186,11 @@ class HttpConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """Queue ``data``; everything written in this tick goes out in one write."""
-        if self._closing:
-            return
-        if not self._out:
-            self._flusher.add(self)
-        self._out.append(data)
+        if not self._closing:
+            self._out.write(data)
 
     def flush(self) -> None:
-        out = self._out
-        if not out:
-            return
-        self._out = []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._out.flush()
 
     def send_continue(self) -> None:
         """Answer ``Expect: 100-continue`` once the handler starts reading the body."""

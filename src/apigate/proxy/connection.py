@@ -13,7 +13,7 @@ from typing import cast
 
 import httptools
 
-from apigate.http.flush import flusher
+from apigate.http.flush import TickBuffer
 
 
 class UpstreamError(Exception):
@@ -73,8 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._flusher = flusher()
-        self._out: list[bytes] = []
+        self._out = TickBuffer()
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
@@ -93,6 +92,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._out.attach(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -153,17 +153,10 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Queue ``data``; everything written in this tick goes out in one write."""
         self.last_data = self._loop.time()  # sending a body is progress too
-        if not self._out:
-            self._flusher.add(self)
-        self._out.append(data)
+        self._out.write(data)
 
     def flush(self) -> None:
-        out = self._out
-        if not out:
-            return
-        self._out = []
-        if self.transport is not None and not self.closed:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._out.flush()
 
     def close(self) -> None:
         self.reusable = False
