@@ -16,6 +16,7 @@ from apigate.http.response import ResponseWriter
 from apigate.http.server import HttpConnection
 from apigate.identity import Caller
 from apigate.observability.access_log import AccessEntry
+from apigate.observability.logging import bind_request, unbind, update_request
 from apigate.observability.request_id import new_request_id, trace_id, valid_request_id
 from apigate.proxy.forward import ForwardFailed, Outbound
 from apigate.ratelimit import Verdict
@@ -59,17 +60,21 @@ class Gateway:
             client_ip = runtime.trusted.client_ip(client_ip, forwarded)
         outcome = _Outcome(request_id, client_ip)
         runtime.metrics.inflight(1)
+        context = None
         # One flat coroutine: every await level costs on each suspend and resume.
         try:
             match = _match(runtime, request)
             route = match.route
             outcome.route = route.name
             outcome.upstream = route.upstream
+            # Application log lines written while this request runs carry its context.
+            context = bind_request(request_id, client_ip=client_ip, route=route.name)
             caller = _ANONYMOUS if not runtime.identifies(route) else Caller(client_ip)
             headers = HeaderView(request.headers)
             if route.auth != "none":
                 caller = await runtime.authenticate(route, headers, request.query, client_ip)
                 outcome.consumer = caller.consumer
+                update_request(consumer=caller.consumer)
             response_headers = [(b"x-request-id", request_id.encode())]
             policies = runtime.policies_for(route, caller)
             if policies:
@@ -102,6 +107,8 @@ class Gateway:
         except HttpError as exc:
             _answer_error(writer, exc, request_id)
         finally:
+            if context is not None:
+                unbind(context)
             runtime.metrics.inflight(-1)
             seconds = time.perf_counter() - started
             status = writer.status or 499

@@ -17,10 +17,9 @@ import socket
 import sys
 import time
 from contextlib import AsyncExitStack
-from importlib import resources
 
 from apigate.admin import consumers_api, ratelimit_api
-from apigate.admin.server import AdminServer
+from apigate.admin.server import AdminServer, default_dashboard
 from apigate.admin.types import AdminRequest, AdminResponse, AdminRoute
 from apigate.config import Config, ConfigError, load_config
 from apigate.observability import metrics as metrics_module
@@ -242,14 +241,12 @@ class Supervisor:
         routes: list[AdminRoute] = [("POST", "/admin/reload", self._admin_reload)]
         routes += ratelimit_api.admin_routes(limiter)  # type: ignore[arg-type]
         routes += consumers_api.admin_routes(auth, usage, reset)  # type: ignore[arg-type]
-        page = resources.files("apigate.admin").joinpath("dashboard.html")
-        dashboard = page.read_bytes() if page.is_file() else None
         return AdminServer(
             routes,
             health=lambda: True,
             ready=self._ready,
             metrics=metrics_module.render_metrics if self._config.observability.metrics else None,
-            dashboard_html=dashboard,
+            dashboard_html=default_dashboard(),
         )
 
     def _current(self) -> Runtime:

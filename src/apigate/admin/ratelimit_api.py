@@ -13,7 +13,8 @@ Missing or bad parameters answer 400, an unknown policy 404, storage down 503.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 from apigate.admin.types import AdminError, AdminRequest, AdminResponse, AdminRoute
 from apigate.ratelimit.limiter import RateLimiter, UnknownPolicyError
@@ -28,6 +29,19 @@ def _params(request: AdminRequest) -> tuple[str, str]:
     return policy, key
 
 
+@contextlib.contextmanager
+def _admin_errors(policy: str) -> Iterator[None]:
+    """Limiter errors as admin answers: unknown policy 404, bad key 400, storage down 503."""
+    try:
+        yield
+    except UnknownPolicyError:
+        raise AdminError(404, f"no rate-limit policy {policy!r}") from None
+    except ValueError as exc:
+        raise AdminError(400, str(exc)) from None
+    except (StorageError, TimeoutError):
+        raise AdminError(503, "rate-limit storage unavailable") from None
+
+
 def admin_routes(get_limiter: Callable[[], RateLimiter]) -> list[AdminRoute]:
     """The rate-limit admin routes; ``get_limiter`` returns the current (reloaded) limiter."""
 
@@ -37,25 +51,13 @@ def admin_routes(get_limiter: Callable[[], RateLimiter]) -> list[AdminRoute]:
 
     async def usage(request: AdminRequest) -> AdminResponse:
         policy, key = _params(request)
-        try:
+        with _admin_errors(policy):
             return AdminResponse.of(await get_limiter().usage(policy, key))
-        except UnknownPolicyError:
-            raise AdminError(404, f"no rate-limit policy {policy!r}") from None
-        except ValueError as exc:
-            raise AdminError(400, str(exc)) from None
-        except (StorageError, TimeoutError):
-            raise AdminError(503, "rate-limit storage unavailable") from None
 
     async def reset(request: AdminRequest) -> AdminResponse:
         policy, key = _params(request)
-        try:
+        with _admin_errors(policy):
             await get_limiter().reset(policy, key)
-        except UnknownPolicyError:
-            raise AdminError(404, f"no rate-limit policy {policy!r}") from None
-        except ValueError as exc:
-            raise AdminError(400, str(exc)) from None
-        except (StorageError, TimeoutError):
-            raise AdminError(503, "rate-limit storage unavailable") from None
         return AdminResponse.of({"policy": policy, "key": key, "reset": True})
 
     return [

@@ -10,15 +10,6 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def connection_listed(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Names listed in every ``Connection`` header, lower-cased: they are hop-by-hop too."""
-    listed: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            listed.update(token.strip().lower() for token in value.split(b","))
-    return frozenset(listed)
-
-
 def end_to_end(
     headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]
 ) -> list[tuple[bytes, bytes]]:

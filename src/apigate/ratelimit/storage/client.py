@@ -90,24 +90,24 @@ class RespClient:
 
     async def execute(self, args: Command, *, timeout_s: float) -> Any:
         """Send one command; its reply, or ReplyError / StorageError within ``timeout_s``."""
-        conn = self._conn
-        if conn is None or not conn.usable:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout_s
-            conn = await self._connection(deadline)
-            timeout_s = max(deadline - loop.time(), 0.0)
+        conn, timeout_s = await self._usable(timeout_s)
         return await conn.send(args, timeout_s)
 
     async def execute_asking(self, args: Command, *, timeout_s: float) -> Any:
         """``ASKING`` then ``args`` in the same write (a Redis Cluster ASK redirection)."""
-        conn = self._conn
-        if conn is None or not conn.usable:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout_s
-            conn = await self._connection(deadline)
-            timeout_s = max(deadline - loop.time(), 0.0)
+        conn, timeout_s = await self._usable(timeout_s)
         conn.send_discard((b"ASKING",))
         return await conn.send(args, timeout_s)
+
+    async def _usable(self, timeout_s: float) -> tuple[_Connection, float]:
+        """The open connection, or a new one; with the time left of ``timeout_s``."""
+        conn = self._conn
+        if conn is not None and conn.usable:
+            return conn, timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        conn = await self._connection(deadline)
+        return conn, max(deadline - loop.time(), 0.0)
 
     async def evalsha(
         self, script: Script, keys: Sequence[str], args: Sequence[Arg], *, timeout_s: float,
