@@ -79,6 +79,15 @@ class CircuitBreaker:
         if self._state is BreakerState.CLOSED and self._failures >= self._threshold:
             self._open()
 
+    def storage_answered(self) -> None:
+        """Another call (the heartbeat) reached storage: end the cool-down early.
+
+        The next caller probes at once instead of deciding by ``on_failure`` for up to
+        ``max_cooldown_s`` against a storage that is already back.
+        """
+        if self._state is BreakerState.OPEN:
+            self._open_until = min(self._open_until, self._clock())
+
     def abandon(self) -> None:
         """The call was cancelled before it answered: let another caller probe."""
         self._probing = False

@@ -90,6 +90,7 @@ class StorageGuard:
                 count = await self.storage.heartbeat(self.instance_id, HEARTBEAT_TTL_MS)
         except (StorageError, TimeoutError):
             return self.live_instances
+        self.breaker.storage_answered()
         self.live_instances = max(1, count)
         return self.live_instances
 

@@ -17,6 +17,7 @@ from tests.integration.cluster.fleet import (
     gateway_config,
     running_fleet,
     targets,
+    wait_decisions_on,
     wait_storage_decides,
 )
 from tests.integration.cluster.traffic import (
@@ -40,6 +41,7 @@ POLICIES = {
     "after": {"limit": LIMIT, "window": "1d", "algorithm": "fixed_window"},
 }
 LATENCY_BOUND_S = 1.0
+RECOVERY_BOUND_S = 20.0
 
 
 def _config(
@@ -63,9 +65,14 @@ def _load_through_outage(gateways: list[Gateway], redis: RedisServer) -> list[Re
 
 
 def _assert_exact_again(gateways: list[Gateway], redis: RedisServer) -> None:
-    """Restart Redis on its port: the gateways go back to exact limiting by themselves."""
+    """Restart Redis on its port: the gateways go back to exact limiting by themselves.
+
+    Decisions must be seen counting on Redis: a /probe decided locally (on_failure local,
+    while the breaker still cools down) can look like storage's answer once the restarted
+    Redis holds one heartbeat and the local share is the whole limit.
+    """
     redis.restart()
-    wait_storage_decides(gateways)
+    wait_decisions_on(redis.node, gateways, RECOVERY_BOUND_S)
     results = blast(targets(gateways), total=3 * LIMIT, connections=20, path="/after")
     assert_storage_exact(results, LIMIT)
     assert_all_keys_expire(redis)

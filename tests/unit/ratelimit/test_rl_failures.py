@@ -174,6 +174,21 @@ def test_breaker_cooldown_is_capped() -> None:
     assert breaker.allow()
 
 
+async def test_heartbeat_success_ends_the_cooldown() -> None:
+    """A heartbeat that reaches storage lets the next request probe before the cool-down ends."""
+    limiter, storage, clock = make_limiter({"per-ip": PER_IP}, storage={"on_failure": "local"})
+    storage.fail = True
+    for _ in range(3):
+        await check(limiter)
+    assert limiter.guard.breaker.state is BreakerState.OPEN
+    clock.now += 0.1
+    assert (await check(limiter)).decision == "local_allowed"  # still cooling down
+    storage.fail = False
+    await limiter.guard.heartbeat_once()
+    assert (await check(limiter)).decision == "allowed"
+    assert limiter.guard.breaker.state is BreakerState.CLOSED
+
+
 def test_success_resets_the_failure_count() -> None:
     """Failures must be consecutive to open the circuit."""
     breaker = CircuitBreaker(threshold=3, clock=Clock())
