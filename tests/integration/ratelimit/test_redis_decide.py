@@ -98,6 +98,30 @@ async def test_refund_and_reset_undo_charges(storage: RedisStorage) -> None:
     assert [(await storage.peek(s)).remaining for s in specs] == [5, 5, 5, 5]
 
 
+@pytest.mark.parametrize("algorithm", list(Algorithm))
+async def test_one_spec_path_agrees_with_the_general_one(
+    storage: RedisStorage, redis_server: RedisServer, algorithm: Algorithm
+) -> None:
+    """A lone spec (decide.lua's lean path) is decided as the same spec beside another.
+
+    Both go in the same batch, so the script sees one ``now``; the sliding window starts with
+    a previous window of 4 so its weighting is exercised.
+    """
+    base = tag()
+    lone, paired = f"{base}:lone", f"{base}:paired"
+    if algorithm is Algorithm.SLIDING_WINDOW:
+        seconds, micros = redis_server.node.cmd("TIME")
+        prev_idx = (int(seconds) * 1000 + int(micros) // 1000) // LONG_MS - 1
+        for key in (lone, paired):
+            redis_server.node.cmd("SET", f"{key}:{prev_idx}", 4, "PX", 60_000)
+    companion = LimitSpec(f"{base}:companion", Algorithm.FIXED_WINDOW, 1_000_000, LONG_MS)
+    for cost in (1, 3, 3, 2, 9, 1, 1, 1, 0):
+        a = LimitSpec(lone, algorithm, 10, LONG_MS, burst=2, cost=cost)
+        b = LimitSpec(paired, algorithm, 10, LONG_MS, burst=2, cost=cost)
+        one, two = await asyncio.gather(storage.decide([a]), storage.decide([b, companion]))
+        assert (one.allowed, one.states[0]) == (two.allowed, two.states[0]), cost
+
+
 async def test_script_reloaded_after_script_flush(
     storage: RedisStorage, redis_server: RedisServer
 ) -> None:
@@ -163,6 +187,11 @@ async def test_every_key_written_has_a_ttl(fresh_redis: RedisServer) -> None:
             await store.decide(specs)
             await store.decide(specs[:2])
             await store.decide([specs[3]])
+            for spec in specs:  # one spec per decision: decide.lua's lean path
+                await store.decide([spec])
+        # A first charge the limit refuses creates the window counter, then takes it back.
+        await store.decide([LimitSpec(f"{base}:over", Algorithm.FIXED_WINDOW, 3, 5000, cost=9)])
+        await store.decide([LimitSpec(f"{base}:over2", Algorithm.SLIDING_WINDOW, 3, 5000, cost=9)])
         await store.refund(specs)
         await store.decide(specs)
         await store.peek(specs[2])

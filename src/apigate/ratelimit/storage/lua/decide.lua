@@ -18,7 +18,7 @@
 -- invalid answers allowed = -1 (and zeros) without touching the others.
 --
 -- Time comes from the Redis server (TIME), in ms. Every key written gets its TTL in the same
--- command (SET PX) or right after it in this script (ZADD + PEXPIRE). `remaining` describes
+-- command (SET PX) or right after it in this script (ZADD + PEXPIRE, INCRBY + PEXPIRE). `remaining` describes
 -- what is charged: after the charge when the request was charged, the untouched state
 -- otherwise (deny, peek). retry_after_ms is 0 for a spec that allowed.
 -- The script body runs on every call, so it avoids closures and redis.call()s it can spare:
@@ -200,17 +200,78 @@ local function decide(k0, a0, n, mode, out)
   end
 end
 
+-- The common group (one spec, a decision) without the tables of decide(). The window
+-- counters are charged with INCRBY (the TTL set when INCRBY created the key) and the charge
+-- taken back when the check fails; the bucket is read, then written only if it allows.
+-- Returns false for a sliding_log spec or a bad one (decide() answers those).
+local function decide_one(key, alg, limit, w, burst, cost, out, o)
+  if not alg or alg == LOG or alg < FIXED or alg > TOKEN or not limit or limit < 1 or not w
+      or w < 1 or not burst or burst < 0 or not cost or cost < 0 then
+    return false
+  end
+  if alg == TOKEN then
+    local tkey = key .. ':tat'
+    local per = w / limit
+    local tolerance = (limit + burst) * per
+    local tat = tonumber(redis.call('GET', tkey) or now)
+    local base = math.max(tat, now)
+    local new_tat = base + cost * per
+    if new_tat - now <= tolerance + 0.001 then  -- the slack: see decide()
+      redis.call('SET', tkey, string.format('%.17g', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+      out[o], out[o + 1] = 1, math.max(math.floor((tolerance - (new_tat - now)) / per), 0)
+      out[o + 2], out[o + 3] = math.ceil(base - now), 0  -- reset: from tat before the charge
+    else
+      out[o], out[o + 1] = 0, math.max(math.floor((tolerance - (base - now)) / per), 0)
+      out[o + 2], out[o + 3] = math.ceil(base - now), math.ceil((new_tat - now) - tolerance)
+    end
+    return true
+  end
+  local idx = math.floor(now / w)
+  local wkey = win_key(key, idx)
+  local reset = (idx + 1) * w - now
+  if alg == FIXED then
+    local count = redis.call('INCRBY', wkey, cost)
+    if count == cost then redis.call('PEXPIRE', wkey, reset + 1000) end
+    if count <= limit then
+      out[o], out[o + 1], out[o + 2], out[o + 3] = 1, limit - count, reset, 0
+    else
+      redis.call('DECRBY', wkey, cost)
+      out[o], out[o + 1], out[o + 2], out[o + 3] = 0, math.max(limit - count + cost, 0), reset, reset
+    end
+    return true
+  end
+  local prev = tonumber(redis.call('GET', win_key(key, idx - 1)) or '0')
+  local elapsed = now - idx * w
+  local est = prev * (w - elapsed) / w
+  local count = redis.call('INCRBY', wkey, cost)
+  if count == cost then redis.call('PEXPIRE', wkey, 2 * w + 1000) end
+  if est + count <= limit then
+    out[o], out[o + 1], out[o + 2], out[o + 3] = 1, math.max(math.floor(limit - est - count), 0),
+      reset, 0
+  else
+    redis.call('DECRBY', wkey, cost)
+    local curr = count - cost
+    out[o], out[o + 1], out[o + 2] = 0, math.max(math.floor(limit - est - curr), 0), reset
+    out[o + 3] = sliding_retry(limit, w, cost, prev, curr, elapsed, reset)
+  end
+  return true
+end
+
 -- The groups, one after the other.
 local out = {}
-local k0, a0 = 0, 0
-while a0 < #ARGV do
+local k0, a0, nargs = 0, 0, #ARGV
+while a0 < nargs do
   local n = tonumber(ARGV[a0 + 1])
   local mode = n and tonumber(ARGV[a0 + 2 + 5 * n])
-  if not n or n < 1 or k0 + n > #KEYS or a0 + 2 + 5 * n > #ARGV or not mode or mode < DECIDE
+  if not n or n < 1 or k0 + n > #KEYS or a0 + 2 + 5 * n > nargs or not mode or mode < DECIDE
       or mode > RESET then
     return redis.error_reply('ERR apigate decide: bad arguments')
   end
-  decide(k0, a0, n, mode, out)
+  if not (n == 1 and mode == DECIDE and decide_one(KEYS[k0 + 1], tonumber(ARGV[a0 + 2]),
+      tonumber(ARGV[a0 + 3]), tonumber(ARGV[a0 + 4]), tonumber(ARGV[a0 + 5]),
+      tonumber(ARGV[a0 + 6]), out, #out + 1)) then
+    decide(k0, a0, n, mode, out)
+  end
   k0, a0 = k0 + n, a0 + 2 + 5 * n
 end
 if k0 ~= #KEYS or #out == 0 then
