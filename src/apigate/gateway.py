@@ -20,6 +20,7 @@ from apigate.observability.logging import bind_request, unbind, update_request
 from apigate.observability.request_id import new_request_id, trace_id, valid_request_id
 from apigate.proxy.forward import ForwardFailed, Outbound
 from apigate.ratelimit import Verdict
+from apigate.ratelimit.limiter import Pending
 from apigate.routing.router import Match, MethodNotAllowed, host_without_port
 from apigate.runtime import Runtime
 
@@ -78,7 +79,19 @@ class Gateway:
             response_headers = [(b"x-request-id", request_id.encode())]
             policies = runtime.policies_for(route, caller)
             if policies:
-                verdict = await self._limit(runtime, route, policies, caller, headers)
+                limit_started = time.perf_counter()
+                limiter = runtime.limiter
+                verdict = limiter.begin(
+                    route=route.name, policy_names=policies, caller=caller, headers=headers
+                )
+                if type(verdict) is Pending:
+                    verdict = await limiter.finish(verdict)
+                elif verdict is None:
+                    verdict = await limiter.check(
+                        route=route.name, policy_names=policies, caller=caller, headers=headers
+                    )
+                assert type(verdict) is Verdict
+                _count_decision(runtime, verdict, limit_started)
                 outcome.decision = verdict.decision
                 outcome.policy = verdict.policy
                 if not verdict.allowed:
@@ -116,23 +129,13 @@ class Gateway:
             if runtime.access_log_enabled:
                 _log_access(runtime, request, writer, conn, outcome, seconds=seconds)
 
-    async def _limit(
-        self,
-        runtime: Runtime,
-        route: RouteConfig,
-        policies: tuple[str, ...],
-        caller: Caller,
-        headers: HeaderView,
-    ) -> Verdict:
-        started = time.perf_counter()
-        verdict = await runtime.limiter.check(
-            route=route.name, policy_names=policies, caller=caller, headers=headers
-        )
-        runtime.metrics.storage_seconds(time.perf_counter() - started)
-        runtime.metrics.ratelimit_decision(
-            verdict.policy or "-", _metric_decision(verdict.decision)  # type: ignore[arg-type]
-        )
-        return verdict
+
+
+def _count_decision(runtime: Runtime, verdict: Verdict, started: float) -> None:
+    runtime.metrics.storage_seconds(time.perf_counter() - started)
+    runtime.metrics.ratelimit_decision(
+        verdict.policy or "-", _metric_decision(verdict.decision)  # type: ignore[arg-type]
+    )
 
 
 def _match(runtime: Runtime, request: Request) -> Match:

@@ -62,6 +62,8 @@ class CircuitBreaker:
 
     def success(self) -> None:
         """The call answered: close the circuit and forget past failures."""
+        if self._failures == 0 and self._state is BreakerState.CLOSED:
+            return  # the common case: nothing to reset
         if self._state is not BreakerState.CLOSED:
             log.warning("rate-limit storage answers again: circuit closed")
         self._state = BreakerState.CLOSED

@@ -18,10 +18,18 @@ from dataclasses import dataclass, replace
 from apigate.config.model import Config, RateLimitPolicy
 from apigate.identity import Caller
 from apigate.ratelimit import headers as hdr
+from apigate.ratelimit.breaker import BreakerState
 from apigate.ratelimit.guard import StorageGuard
 from apigate.ratelimit.keys import CostError, request_cost, request_key, storage_key
 from apigate.ratelimit.overlimit import RECHECK_S, Denial
-from apigate.ratelimit.storage.base import Algorithm, LimitSpec, LimitState, Outcome, Storage
+from apigate.ratelimit.storage.base import (
+    Algorithm,
+    LimitSpec,
+    LimitState,
+    Outcome,
+    Storage,
+    StorageError,
+)
 
 FAILURE_RETRY_AFTER_S = 1
 _MAX_ADMIN_KEY = 512
@@ -61,6 +69,16 @@ class _Planned:
     spec: LimitSpec
 
 
+class Pending:
+    """A decision sent to storage by :meth:`RateLimiter.begin`; ``finish`` makes the verdict."""
+
+    __slots__ = ("future", "planned")
+
+    def __init__(self, planned: list[_Planned], future: asyncio.Future[Outcome]) -> None:
+        self.planned = planned
+        self.future = future
+
+
 class RateLimiter:
     """Decides requests against the policies of one config snapshot."""
 
@@ -81,6 +99,7 @@ class RateLimiter:
         self._rt.timeout_s = timeout_s
         self._policy_values: dict[tuple[str, ...], bytes] = {}
         self._quotas: dict[tuple[str, ...], list[hdr.Quota]] = {}
+        self._one_policy_parts: dict[str, tuple[hdr.Header, bytes]] = {}
         # Planned specs of policies keyed only by client_ip/consumer/route with a fixed cost:
         # the same client on the same route plans the same spec every time.
         self._planned: dict[tuple[str, str, str | None, str], _Planned] = {}
@@ -140,6 +159,50 @@ class RateLimiter:
             return verdict
         decision = "shadow_limited" if verdict.decision == "allowed" else verdict.decision
         return replace(verdict, decision=decision, shadow_limited=would_limit)
+
+    def begin(
+        self,
+        *,
+        route: str,
+        policy_names: Sequence[str],
+        caller: Caller,
+        headers: Mapping[str, str],
+    ) -> Verdict | Pending | None:
+        """Begin deciding one request without a coroutine (the request path's fast path).
+
+        Returns the Verdict when it is known at once (unlimited, 400, a cached denial), a
+        Pending to ``await finish(...)`` when the decision went to storage as one bare future,
+        or None when this request needs the general path: ``await check(...)`` (shadow
+        policies, an open circuit, a storage without ``submit``).
+        """
+        try:
+            planned = self._plan(route, policy_names, caller, headers)
+        except CostError as exc:
+            return Verdict(False, 400, "bad_request", error=str(exc))
+        if not planned:
+            return _UNLIMITED
+        for p in planned:
+            if p.policy.shadow:
+                return None
+        rt = self._rt
+        if rt.cache:
+            cached = self._cached_denial(planned)
+            if cached is not None:
+                return cached
+        if rt.breaker.state is not BreakerState.CLOSED:
+            return None
+        future = rt.storage.submit([p.spec for p in planned])
+        return None if future is None else Pending(planned, future)
+
+    async def finish(self, pending: Pending) -> Verdict:
+        """The verdict of a decision :meth:`begin` sent to storage."""
+        try:
+            outcome = await pending.future
+        except StorageError:
+            self._rt.breaker.failure()
+            return await self._on_failure(pending.planned)
+        self._rt.breaker.success()
+        return self._verdict(pending.planned, outcome, local=False)
 
     def describe_policies(self) -> list[dict[str, object]]:
         return [
@@ -293,6 +356,13 @@ class RateLimiter:
         mode = self._config.rate_limit_headers
         if mode == "none":
             return ()
+        if mode == "ietf" and len(real) == 1:  # the common case, from pre-rendered parts
+            policy_header, prefix = self._one_policy(real[0])
+            if states is None:
+                return (policy_header,)
+            state = states[0]
+            rendered = b"%s%d;t=%d" % (prefix, state.remaining, -(-state.reset_ms // 1000))
+            return (policy_header, (b"RateLimit", rendered))
         names = tuple(p.name for p in real)
         quotas = self._quotas.get(names)
         if quotas is None:
@@ -306,6 +376,17 @@ class RateLimiter:
                 self._policy_values.clear()
             value = self._policy_values[names] = hdr.policy_value(quotas)
         return tuple(hdr.render(mode, quotas, states, value))
+
+    def _one_policy(self, planned: _Planned) -> tuple[hdr.Header, bytes]:
+        """``RateLimit-Policy`` and the start of the ``RateLimit`` value for one policy."""
+        parts = self._one_policy_parts.get(planned.name)
+        if parts is None:  # bounded: one entry per configured policy
+            quota = hdr.Quota(planned.name, planned.policy.limit, planned.policy.window)
+            parts = self._one_policy_parts[planned.name] = (
+                (b"RateLimit-Policy", hdr.policy_value([quota])),
+                hdr.sf_string(planned.name).encode("ascii") + b";r=",
+            )
+        return parts
 
     # -- admin and lifecycle helpers ---------------------------------------------------------
 

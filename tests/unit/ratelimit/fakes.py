@@ -35,6 +35,7 @@ class FakeStorage(Storage):
         self.hang = False
         self.instances = 1
         self.closed = False
+        self.submits = False  # offer Storage.submit (the request path's bare future)
 
     async def _maybe_fail(self) -> None:
         if self.hang:
@@ -46,6 +47,9 @@ class FakeStorage(Storage):
         self.calls.append(list(specs))
         await self._maybe_fail()
         return await self.inner.decide(specs)
+
+    def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome] | None:
+        return asyncio.ensure_future(self.decide(specs)) if self.submits else None
 
     async def peek(self, spec: LimitSpec) -> LimitState:
         await self._maybe_fail()

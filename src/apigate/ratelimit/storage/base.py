@@ -7,6 +7,7 @@ atomic step. Every backend error is translated to :class:`StorageError` at this 
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,6 +75,15 @@ class Storage(ABC):
         Raises StorageError; a storage with ``bounds_own_calls`` does so at the latest
         ``storage.timeout_ms`` after the command went out.
         """
+
+    def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome] | None:
+        """``decide`` without a coroutine: a future of its Outcome, or None if unsupported.
+
+        For the request path, which then awaits one bare future instead of a chain of
+        coroutines. Only a storage with ``bounds_own_calls`` offers it (the future fails with
+        StorageError within ``storage.timeout_ms``); ``specs`` must not be empty.
+        """
+        return None
 
     @abstractmethod
     async def peek(self, spec: LimitSpec) -> LimitState:

@@ -6,6 +6,7 @@ coalescing RESP client: decisions made in the same event-loop tick share one soc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,6 +95,10 @@ class RedisStorage(Storage):
         if not specs:
             return Outcome(True, ())
         return await self.batcher.submit(specs, _CODE)
+
+    def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome]:
+        """``decide`` as a bare future (see ``Storage.submit``)."""
+        return self.batcher.submit(specs, _CODE)
 
     async def peek(self, spec: LimitSpec) -> LimitState:
         """The state of ``spec`` for a request of ``spec.cost``; writes nothing."""

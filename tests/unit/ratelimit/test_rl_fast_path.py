@@ -1,0 +1,71 @@
+"""RateLimiter.begin/finish: the request path's decision without a chain of coroutines."""
+
+from __future__ import annotations
+
+from apigate.identity import Caller
+from apigate.ratelimit.breaker import BreakerState
+from apigate.ratelimit.limiter import Pending, RateLimiter, Verdict
+
+from .fakes import make_limiter
+
+PER_IP = {"limit": 3, "window": "1m", "algorithm": "fixed_window"}
+SHADOW = {"limit": 1, "window": "1m", "algorithm": "fixed_window", "shadow": True}
+
+
+async def decide(limiter: RateLimiter, names: tuple[str, ...] = ("per-ip",)) -> Verdict:
+    """What the gateway does: begin, then finish a Pending or fall back to check."""
+    kwargs = {"route": "r", "policy_names": names, "caller": Caller("203.0.113.7"), "headers": {}}
+    started = limiter.begin(**kwargs)  # type: ignore[arg-type]
+    if isinstance(started, Pending):
+        return await limiter.finish(started)
+    if started is None:
+        return await limiter.check(**kwargs)  # type: ignore[arg-type]
+    return started
+
+
+async def test_fast_path_decides_like_check_and_caches_the_denial() -> None:
+    """Allowed up to the limit with RateLimit headers, then 429; the next denial is local.
+
+    The clock reads 1000 s, so the aligned one-minute window ends in 20 s.
+    """
+    limiter, storage, _ = make_limiter({"per-ip": PER_IP})
+    storage.submits = True
+    verdicts = [await decide(limiter) for _ in range(5)]
+    assert [v.decision for v in verdicts] == ["allowed"] * 3 + ["limited", "limited_cached"]
+    assert len(storage.calls) == 4  # the cached denial never reached storage
+    assert dict(verdicts[0].headers) == {
+        b"RateLimit-Policy": b'"per-ip";q=3;w=60', b"RateLimit": b'"per-ip";r=2;t=20'
+    }
+    assert verdicts[3].status == 429
+    assert dict(verdicts[3].headers)[b"Retry-After"] == b"20"  # the aligned window ends at 1020 s
+
+
+async def test_storage_failure_applies_on_failure_and_opens_the_circuit() -> None:
+    """A failed future is a storage failure: 503 (closed); after 3, begin stops sending."""
+    limiter, storage, _ = make_limiter({"per-ip": PER_IP}, storage={"on_failure": "closed"})
+    storage.submits, storage.fail = True, True
+    verdicts = [await decide(limiter) for _ in range(4)]
+    assert [v.status for v in verdicts] == [503] * 4
+    assert limiter.guard.breaker.state is BreakerState.OPEN
+    assert len(storage.calls) == 3
+
+
+async def test_shadow_policies_take_the_general_path() -> None:
+    """begin declines a request with shadow limits; check counts them and never rejects."""
+    limiter, storage, _ = make_limiter({"per-ip": PER_IP, "shadow": SHADOW})
+    storage.submits = True
+    kwargs = {"route": "r", "policy_names": ("per-ip", "shadow"), "caller": Caller("203.0.113.7"),
+              "headers": {}}
+    assert limiter.begin(**kwargs) is None  # type: ignore[arg-type]
+    verdicts = [await decide(limiter, ("per-ip", "shadow")) for _ in range(2)]
+    assert [v.decision for v in verdicts] == ["allowed", "shadow_limited"]
+
+
+async def test_storage_without_submit_takes_the_general_path() -> None:
+    """A storage that offers no bare future is asked through check()."""
+    limiter, storage, _ = make_limiter({"per-ip": PER_IP})
+    kwargs = {"route": "r", "policy_names": ("per-ip",), "caller": Caller("203.0.113.7"),
+              "headers": {}}
+    assert limiter.begin(**kwargs) is None  # type: ignore[arg-type]
+    assert (await decide(limiter)).decision == "allowed"
+    assert len(storage.calls) == 1
