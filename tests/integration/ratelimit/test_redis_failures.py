@@ -70,6 +70,27 @@ async def test_frozen_redis_bounds_every_call(
     assert await until_allowed(storage, 5.0) < 5.0
 
 
+@pytest.mark.slow
+async def test_short_deadline_behind_a_long_one_still_bounds_the_call(
+    storage: RedisStorage, fresh_redis: RedisServer
+) -> None:
+    """Frozen Redis: a decision sent after a heartbeat (1 s deadline) fails at its own 100 ms."""
+    assert isinstance((await timed_decide(storage))[1], Outcome)
+    fresh_redis.node.pause()
+    try:
+        heartbeat = asyncio.ensure_future(storage.heartbeat("i", 5000))
+        await asyncio.sleep(0.01)  # the heartbeat is written first, with the longer deadline
+        took, result = await timed_decide(storage)
+        assert isinstance(result, StorageError)
+        assert took < TIMEOUT_MS / 1000 + SLACK_S
+        assert not heartbeat.done()
+        with pytest.raises(StorageError):
+            await heartbeat
+    finally:
+        fresh_redis.node.resume()
+    assert await until_allowed(storage, 5.0) < 5.0
+
+
 async def test_killed_redis_fails_fast_and_restart_recovers(
     storage: RedisStorage, fresh_redis: RedisServer
 ) -> None:

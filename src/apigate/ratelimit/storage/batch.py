@@ -80,44 +80,66 @@ class DecisionBatcher:
         self._keys, self._args, self._waiters = [], [], []
         self.batches += 1
         # Already at the end of the tick (or a full batch): write now, not one tick later.
-        fut = self._client.try_send(command, self._timeout_s, write_now=True)
-        if fut is None:  # not connected: the slow path connects (within the timeout) first
-            self._via_task(command, waiters)
-            return
-        fut.add_done_callback(lambda done: self._answered(done, command, waiters, True))
+        sink = _BatchReply(self, command, waiters)
+        if not self._client.try_send_now(command, sink, self._timeout_s):
+            self._via_task(command, waiters)  # not connected: connect (within the timeout) first
 
     def _via_task(self, command: Command, waiters: list[Waiter]) -> None:
         task = asyncio.get_running_loop().create_task(
             self._client.run_script(self._script, command, timeout_s=self._timeout_s)
         )
-        task.add_done_callback(lambda done: self._answered(done, command, waiters, False))
+        task.add_done_callback(lambda done: self._task_done(done, waiters))
 
-    def _answered(
-        self, done: asyncio.Future[Any], command: Command, waiters: list[Waiter], retry: bool
-    ) -> None:
+    def _task_done(self, done: asyncio.Task[Any], waiters: list[Waiter]) -> None:
         if done.cancelled():
             _fail(waiters, StorageError("decision batch cancelled"))
-            return
-        exc = done.exception()
-        if exc is not None:
-            if retry and isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT"):
-                self._via_task(command, waiters)  # run_script loads the script and retries
-                return
+        elif (exc := done.exception()) is not None:
             _fail(waiters, exc)
-            return
-        reply = done.result()
+        else:
+            self._deliver(done.result(), waiters)
+
+    def _deliver(self, reply: Any, waiters: list[Waiter]) -> None:
+        """Hand each decision of a batch its part of the script's reply."""
         if type(reply) is not list:
             _fail(waiters, StorageError(f"decide.lua returned {reply!r}"))
             return
+        parse = self._parse
         pos = 0
         for fut, count in waiters:
             end = pos + 1 + 3 * count
             if not fut.done():
                 try:
-                    fut.set_result(self._parse(reply[pos:end], count))
+                    fut.set_result(parse(reply[pos:end], count))
                 except StorageError as error:
                     fut.set_exception(error)
             pos = end
+
+
+class _BatchReply:
+    """The reply sink of one batch (see ``resp.ReplySink``): acts in the tick Redis answers."""
+
+    __slots__ = ("_batcher", "_command", "_done", "_waiters")
+
+    def __init__(self, batcher: DecisionBatcher, command: Command, waiters: list[Waiter]) -> None:
+        self._batcher = batcher
+        self._command = command
+        self._waiters = waiters
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any, /) -> None:
+        self._done = True
+        self._batcher._deliver(result, self._waiters)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._done = True
+        if isinstance(exception, ReplyError) and str(exception).startswith("NOSCRIPT"):
+            # The server lost its scripts (restart, SCRIPT FLUSH): run_script loads and retries.
+            self._batcher._via_task(self._command, self._waiters)
+        else:
+            _fail(self._waiters, exception)
 
 
 def _fail(waiters: list[Waiter], exc: BaseException) -> None:

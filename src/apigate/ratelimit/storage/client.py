@@ -18,6 +18,7 @@ from apigate.ratelimit.storage.resp import (
     Command,
     Endpoint,
     ReplyError,
+    ReplySink,
     Script,
     _Connection,
     _Counters,
@@ -73,20 +74,13 @@ class RespClient:
         """Socket writes made so far (one per event-loop tick with commands)."""
         return self._counters.writes
 
-    def try_send(
-        self, args: Command, timeout_s: float, *, write_now: bool = False
-    ) -> asyncio.Future[Any] | None:
-        """Queue ``args`` on the open connection (its reply future), or None if not connected.
-
-        ``write_now`` writes the tick's buffer at once instead of at the end of the tick.
-        """
+    def try_send_now(self, args: Command, sink: ReplySink, timeout_s: float) -> bool:
+        """Write ``args`` now on the open connection, its reply to ``sink``; False if none."""
         conn = self._conn
         if conn is None or not conn.usable:
-            return None
-        fut = conn.send(args, timeout_s)
-        if write_now:
-            conn.flush()
-        return fut
+            return False
+        conn.send_now(args, sink, timeout_s)
+        return True
 
     async def execute(self, args: Command, *, timeout_s: float) -> Any:
         """Send one command; its reply, or ReplyError / StorageError within ``timeout_s``."""

@@ -2,10 +2,10 @@
 
 Every command issued during one event-loop tick is appended to one buffer and sent with one
 ``transport.write`` (the flush is scheduled with ``loop.call_soon``, or comes early once
-``FLUSH_EVERY`` commands are waiting); replies are parsed by
-``hiredis.Reader`` and matched first-in first-out to futures. Each command has a deadline: a
-command not answered in time fails with :class:`StorageError`, and a connection that answers
-nothing for ``dead_after`` seconds is dropped. A lost connection fails everything pending on it
+``FLUSH_EVERY`` commands are waiting); replies are parsed by ``hiredis.Reader`` and matched
+first-in first-out to futures (or reply sinks). Each command has a deadline: a command not
+answered in time fails with :class:`StorageError`, and a connection that answers nothing for
+``dead_after`` seconds is dropped. A lost connection fails everything pending on it
 and is re-opened lazily, with exponential back-off between failed attempts.
 """
 
@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -104,8 +104,26 @@ class _Counters:
         self.writes = 0
 
 
+class ReplySink(Protocol):
+    """What a reply is handed to: an ``asyncio.Future``, or an object that acts at once.
+
+    The decision batcher passes one of its own so a batch's reply reaches its decisions in the
+    tick it is read, without a future's callback waiting for the next tick.
+    """
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 class _Connection(asyncio.Protocol):
-    """One socket; commands of one tick share one write; replies resolve futures in order."""
+    """One socket; commands of one tick share one write; replies resolve futures in order.
+
+    Deadlines are kept per write and checked by one timer, re-armed lazily for the earliest
+    deadline still open, so a write costs no timer of its own.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, counters: _Counters, dead_after: float):
         self._loop = loop
@@ -113,9 +131,12 @@ class _Connection(asyncio.Protocol):
         self._dead_after = dead_after
         self._reader = hiredis.Reader(replyError=ReplyError)
         self._transport: asyncio.Transport | None = None
-        self._pending: deque[asyncio.Future[Any] | None] = deque()
+        self._pending: deque[ReplySink | None] = deque()
         self._buf: list[bytes] = []
-        self._batches: dict[float, list[asyncio.Future[Any]]] = {}
+        self._batches: dict[float, list[ReplySink]] = {}
+        self._deadlines: deque[tuple[float, list[ReplySink]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._progress_at = 0.0
         self.lost: asyncio.Future[None] = loop.create_future()
 
@@ -128,24 +149,32 @@ class _Connection(asyncio.Protocol):
 
     def send(self, args: Command, timeout: float) -> asyncio.Future[Any]:
         """Queue one command for this tick's write; the future fails after ``timeout`` s."""
+        fut = self._loop.create_future()
+        self._queue(args, fut, timeout, schedule=True)
+        return fut
+
+    def send_now(self, args: Command, sink: ReplySink, timeout: float) -> None:
+        """Queue one command for ``sink`` and write the buffer now (end of tick or batch full)."""
+        self._queue(args, sink, timeout, schedule=False)
+        self.flush()
+
+    def _queue(self, args: Command, sink: ReplySink, timeout: float, *, schedule: bool) -> None:
         if self._transport is None:
             raise StorageError("redis connection is closed")
-        fut = self._loop.create_future()
         if not self._pending:
             self._progress_at = self._loop.time()
-        self._pending.append(fut)
+        self._pending.append(sink)
         batch = self._batches.get(timeout)
         if batch is None:
-            self._batches[timeout] = [fut]
+            self._batches[timeout] = [sink]
         else:
-            batch.append(fut)
+            batch.append(sink)
         buf = self._buf
-        if not buf:
+        if not buf and schedule:
             self._loop.call_soon(self.flush)
         buf.append(_pack(args))
         if len(buf) >= FLUSH_EVERY:
             self.flush()
-        return fut
 
     def send_discard(self, args: Command) -> None:
         """Queue a command whose reply is dropped (ASKING before a redirected command)."""
@@ -166,21 +195,48 @@ class _Connection(asyncio.Protocol):
             return
         self._transport.write(data)
         self._counters.writes += 1
-        for timeout, futs in batches.items():
-            self._loop.call_later(timeout, self._expire, futs)
+        now = self._loop.time()
+        deadlines = self._deadlines
+        while deadlines and all(sink.done() for sink in deadlines[0][1]):
+            deadlines.popleft()  # answered: forget its deadline before the timer looks
+        for timeout, sinks in batches.items():
+            deadline = now + timeout
+            deadlines.append((deadline, sinks))
+            if self._timer is None or deadline < self._timer_at:
+                self._arm(deadline)
 
-    def _expire(self, futs: list[asyncio.Future[Any]], rechecked: bool = False) -> None:
-        if not rechecked and any(not fut.done() for fut in futs):
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._check_deadlines)
+
+    def _check_deadlines(self, rechecked: bool = False) -> None:
+        now = self._loop.time()
+        due = [
+            sinks for deadline, sinks in self._deadlines
+            if deadline <= now and any(not sink.done() for sink in sinks)
+        ]
+        if due and not rechecked:
             # libuv runs timers before it polls sockets: on a busy loop the reply may already
             # sit unread in the socket. Look again after one poll before calling Redis late.
-            self._loop.call_later(0, self._expire, futs, True)
+            self._timer = self._loop.call_later(0, self._check_deadlines, True)
             return
         expired = False
-        for fut in futs:
-            if not fut.done():
-                fut.set_exception(StorageError("redis did not answer in time"))
-                expired = True
-        stalled = self._loop.time() - self._progress_at
+        for sinks in due:
+            for sink in sinks:
+                if not sink.done():
+                    sink.set_exception(StorageError("redis did not answer in time"))
+                    expired = True
+        left = deque(
+            (deadline, sinks) for deadline, sinks in self._deadlines
+            if deadline > now and any(not sink.done() for sink in sinks)
+        )
+        self._deadlines = left
+        self._timer = None
+        if left:
+            self._arm(min(deadline for deadline, _ in left))
+        stalled = now - self._progress_at
         if expired and self._pending and stalled > self._dead_after and self._transport:
             self._transport.abort()  # a hung server: fail everything, reconnect later
 
@@ -209,6 +265,10 @@ class _Connection(asyncio.Protocol):
         self._transport = None
         self._buf = []
         self._batches = {}
+        self._deadlines.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._pending:
             fut = self._pending.popleft()
             if fut is not None and not fut.done():
