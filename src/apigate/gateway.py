@@ -21,6 +21,7 @@ from apigate.observability.request_id import new_request_id, trace_id, valid_req
 from apigate.proxy.forward import ForwardFailed, Outbound
 from apigate.ratelimit import Verdict
 from apigate.ratelimit.limiter import Pending
+from apigate.ratelimit.storage.base import StorageError
 from apigate.routing.router import Match, MethodNotAllowed, host_without_port
 from apigate.runtime import Runtime
 
@@ -81,16 +82,20 @@ class Gateway:
             if policies:
                 limit_started = time.perf_counter()
                 limiter = runtime.limiter
-                verdict = limiter.begin(
+                begun = limiter.begin(
                     route=route.name, policy_names=policies, caller=caller, headers=headers
                 )
-                if type(verdict) is Pending:
-                    verdict = await limiter.finish(verdict)
-                elif verdict is None:
+                if isinstance(begun, Pending):
+                    try:
+                        verdict = limiter.conclude(begun, await begun.future)
+                    except StorageError:
+                        verdict = await limiter.failed(begun)
+                elif begun is None:
                     verdict = await limiter.check(
                         route=route.name, policy_names=policies, caller=caller, headers=headers
                     )
-                assert type(verdict) is Verdict
+                else:
+                    verdict = begun
                 _count_decision(runtime, verdict, limit_started)
                 outcome.decision = verdict.decision
                 outcome.policy = verdict.policy

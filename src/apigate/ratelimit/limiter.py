@@ -28,7 +28,6 @@ from apigate.ratelimit.storage.base import (
     LimitState,
     Outcome,
     Storage,
-    StorageError,
 )
 
 FAILURE_RETRY_AFTER_S = 1
@@ -70,13 +69,25 @@ class _Planned:
 
 
 class Pending:
-    """A decision sent to storage by :meth:`RateLimiter.begin`; ``finish`` makes the verdict."""
+    """A decision sent to storage by :meth:`RateLimiter.begin`: await ``future``, then
+    :meth:`RateLimiter.conclude` (or :meth:`RateLimiter.failed` on a StorageError)."""
 
-    __slots__ = ("future", "planned")
+    __slots__ = ("future", "plan")
 
-    def __init__(self, planned: list[_Planned], future: asyncio.Future[Outcome]) -> None:
-        self.planned = planned
+    def __init__(self, plan: _Plan, future: asyncio.Future[Outcome]) -> None:
+        self.plan = plan
         self.future = future
+
+
+class _Plan:
+    """One request's policies and specs; memoized per client when its keys allow."""
+
+    __slots__ = ("planned", "shadow", "specs")
+
+    def __init__(self, planned: list[_Planned]) -> None:
+        self.planned = planned
+        self.specs = [p.spec for p in planned]
+        self.shadow = any(p.policy.shadow for p in planned)
 
 
 class RateLimiter:
@@ -103,6 +114,7 @@ class RateLimiter:
         # Planned specs of policies keyed only by client_ip/consumer/route with a fixed cost:
         # the same client on the same route plans the same spec every time.
         self._planned: dict[tuple[str, str, str | None, str], _Planned] = {}
+        self._plans: dict[tuple[tuple[str, ...], str, str | None, str], _Plan] = {}
         self._memoizable = {
             name: isinstance(p.cost, int)
             and all(part in ("client_ip", "consumer", "route") for part in p.key.split("+"))
@@ -164,45 +176,52 @@ class RateLimiter:
         self,
         *,
         route: str,
-        policy_names: Sequence[str],
+        policy_names: tuple[str, ...],
         caller: Caller,
         headers: Mapping[str, str],
     ) -> Verdict | Pending | None:
         """Begin deciding one request without a coroutine (the request path's fast path).
 
-        Returns the Verdict when it is known at once (unlimited, 400, a cached denial), a
-        Pending to ``await finish(...)`` when the decision went to storage as one bare future,
-        or None when this request needs the general path: ``await check(...)`` (shadow
-        policies, an open circuit, a storage without ``submit``).
+        Returns the Verdict when it is known at once (unlimited, 400, a cached denial); a
+        Pending when the decision went to storage as one bare future; or None when this
+        request needs the general path, ``await check(...)`` (shadow policies, an open
+        circuit, a storage without ``submit``).
         """
-        try:
-            planned = self._plan(route, policy_names, caller, headers)
-        except CostError as exc:
-            return Verdict(False, 400, "bad_request", error=str(exc))
-        if not planned:
-            return _UNLIMITED
-        for p in planned:
-            if p.policy.shadow:
-                return None
+        memo = (policy_names, caller.client_ip, caller.consumer, route)
+        plan = self._plans.get(memo)
+        if plan is None:
+            try:
+                planned = self._plan(route, policy_names, caller, headers)
+            except CostError as exc:
+                return Verdict(False, 400, "bad_request", error=str(exc))
+            if not planned:
+                return _UNLIMITED
+            plan = _Plan(planned)
+            if all(self._memoizable.get(name, True) for name in policy_names):
+                if len(self._plans) >= _PLANNED_MAX:
+                    self._plans.clear()
+                self._plans[memo] = plan
+        if plan.shadow:
+            return None
         rt = self._rt
         if rt.cache:
-            cached = self._cached_denial(planned)
+            cached = self._cached_denial(plan.planned)
             if cached is not None:
                 return cached
         if rt.breaker.state is not BreakerState.CLOSED:
             return None
-        future = rt.storage.submit([p.spec for p in planned])
-        return None if future is None else Pending(planned, future)
+        future = rt.storage.submit(plan.specs)
+        return None if future is None else Pending(plan, future)
 
-    async def finish(self, pending: Pending) -> Verdict:
-        """The verdict of a decision :meth:`begin` sent to storage."""
-        try:
-            outcome = await pending.future
-        except StorageError:
-            self._rt.breaker.failure()
-            return await self._on_failure(pending.planned)
+    def conclude(self, pending: Pending, outcome: Outcome) -> Verdict:
+        """The verdict once storage answered a decision :meth:`begin` sent."""
         self._rt.breaker.success()
-        return self._verdict(pending.planned, outcome, local=False)
+        return self._verdict(pending.plan.planned, outcome, local=False)
+
+    async def failed(self, pending: Pending) -> Verdict:
+        """The verdict when storage failed a decision :meth:`begin` sent (on_failure)."""
+        self._rt.breaker.failure()
+        return await self._on_failure(pending.plan.planned)
 
     def describe_policies(self) -> list[dict[str, object]]:
         return [

@@ -1,10 +1,11 @@
-"""RateLimiter.begin/finish: the request path's decision without a chain of coroutines."""
+"""RateLimiter.begin/conclude/failed: the request path's decision without a chain of coroutines."""
 
 from __future__ import annotations
 
 from apigate.identity import Caller
 from apigate.ratelimit.breaker import BreakerState
 from apigate.ratelimit.limiter import Pending, RateLimiter, Verdict
+from apigate.ratelimit.storage.base import StorageError
 
 from .fakes import make_limiter
 
@@ -13,11 +14,14 @@ SHADOW = {"limit": 1, "window": "1m", "algorithm": "fixed_window", "shadow": Tru
 
 
 async def decide(limiter: RateLimiter, names: tuple[str, ...] = ("per-ip",)) -> Verdict:
-    """What the gateway does: begin, then finish a Pending or fall back to check."""
+    """What the gateway does: begin; await a Pending's future, or fall back to check."""
     kwargs = {"route": "r", "policy_names": names, "caller": Caller("203.0.113.7"), "headers": {}}
     started = limiter.begin(**kwargs)  # type: ignore[arg-type]
     if isinstance(started, Pending):
-        return await limiter.finish(started)
+        try:
+            return limiter.conclude(started, await started.future)
+        except StorageError:
+            return await limiter.failed(started)
     if started is None:
         return await limiter.check(**kwargs)  # type: ignore[arg-type]
     return started
@@ -69,3 +73,23 @@ async def test_storage_without_submit_takes_the_general_path() -> None:
     assert limiter.begin(**kwargs) is None  # type: ignore[arg-type]
     assert (await decide(limiter)).decision == "allowed"
     assert len(storage.calls) == 1
+
+
+async def test_header_keyed_policies_are_planned_per_request() -> None:
+    """A plan is reused per client only when its key and cost ignore the request's headers."""
+    tenant = {"limit": 2, "window": "1m", "algorithm": "fixed_window", "key": "header:x-tenant",
+              "cost": "header:x-cost"}
+    limiter, storage, _ = make_limiter({"tenant": tenant})
+    storage.submits = True
+
+    async def call(name: str, cost: str = "1") -> str:
+        started = limiter.begin(
+            route="r", policy_names=("tenant",), caller=Caller("203.0.113.7"),
+            headers={"x-tenant": name, "x-cost": cost},
+        )
+        assert isinstance(started, Pending)
+        return limiter.conclude(started, await started.future).decision
+
+    assert [await call("a"), await call("a"), await call("a")] == ["allowed", "allowed", "limited"]
+    assert await call("b", cost="2") == "allowed"  # b's own bucket, charged 2
+    assert [s[0].cost for s in storage.calls] == [1, 1, 1, 2]

@@ -35,7 +35,7 @@ class DecisionBatcher:
     ) -> None:
         self._client = client
         self._script = script
-        self._parse = parse  # (reply slice, spec count) -> Outcome, raising StorageError
+        self._parse = parse  # (reply, position, spec count) -> Outcome, raising StorageError
         self._timeout_s = timeout_s
         self._max_groups = max_groups
         self._keys: list[Arg] = []
@@ -57,12 +57,17 @@ class DecisionBatcher:
         if self._scheduled_on is not loop:
             self._scheduled_on = loop
             loop.call_soon(self._end_of_tick)
-        args = self._args
-        args.append(len(specs))
-        for s in specs:
+        if len(specs) == 1:  # the common case, without a loop
+            s = specs[0]
             self._keys.append(s.key)
-            args += (codes[s.algorithm], s.limit, s.window_ms, s.burst, s.cost)
-        args.append(0)
+            self._args += (1, codes[s.algorithm], s.limit, s.window_ms, s.burst, s.cost, 0)
+        else:
+            args = self._args
+            args.append(len(specs))
+            for s in specs:
+                self._keys.append(s.key)
+                args += (codes[s.algorithm], s.limit, s.window_ms, s.burst, s.cost)
+            args.append(0)
         self._waiters.append((fut, len(specs)))
         if len(self._waiters) >= self._max_groups:
             self._send()
@@ -76,11 +81,12 @@ class DecisionBatcher:
         waiters = self._waiters
         if not waiters:
             return
-        command: Command = (_EVALSHA, self._script.sha, len(self._keys), *self._keys, *self._args)
+        specs = len(self._keys)
+        command: Command = (_EVALSHA, self._script.sha, specs, *self._keys, *self._args)
         self._keys, self._args, self._waiters = [], [], []
         self.batches += 1
         # Already at the end of the tick (or a full batch): write now, not one tick later.
-        sink = _BatchReply(self, command, waiters)
+        sink = _BatchReply(self, command, waiters, len(waiters) + 3 * specs)
         if not self._client.try_send_now(command, sink, self._timeout_s):
             self._via_task(command, waiters)  # not connected: connect (within the timeout) first
 
@@ -96,34 +102,36 @@ class DecisionBatcher:
         elif (exc := done.exception()) is not None:
             _fail(waiters, exc)
         else:
-            self._deliver(done.result(), waiters)
+            self._deliver(done.result(), waiters, len(waiters) + 3 * sum(n for _, n in waiters))
 
-    def _deliver(self, reply: Any, waiters: list[Waiter]) -> None:
-        """Hand each decision of a batch its part of the script's reply."""
-        if type(reply) is not list:
+    def _deliver(self, reply: Any, waiters: list[Waiter], expected: int) -> None:
+        """Hand each decision of a batch its part of the script's reply (``expected`` long)."""
+        if type(reply) is not list or len(reply) != expected:
             _fail(waiters, StorageError(f"decide.lua returned {reply!r}"))
             return
         parse = self._parse
         pos = 0
         for fut, count in waiters:
-            end = pos + 1 + 3 * count
             if not fut.done():
                 try:
-                    fut.set_result(parse(reply[pos:end], count))
+                    fut.set_result(parse(reply, pos, count))
                 except StorageError as error:
                     fut.set_exception(error)
-            pos = end
+            pos += 1 + 3 * count
 
 
 class _BatchReply:
     """The reply sink of one batch (see ``resp.ReplySink``): acts in the tick Redis answers."""
 
-    __slots__ = ("_batcher", "_command", "_done", "_waiters")
+    __slots__ = ("_batcher", "_command", "_done", "_expected", "_waiters")
 
-    def __init__(self, batcher: DecisionBatcher, command: Command, waiters: list[Waiter]) -> None:
+    def __init__(
+        self, batcher: DecisionBatcher, command: Command, waiters: list[Waiter], expected: int
+    ) -> None:
         self._batcher = batcher
         self._command = command
         self._waiters = waiters
+        self._expected = expected  # the reply's length: one allowed + 3 per spec, per group
         self._done = False
 
     def done(self) -> bool:
@@ -131,7 +139,7 @@ class _BatchReply:
 
     def set_result(self, result: Any, /) -> None:
         self._done = True
-        self._batcher._deliver(result, self._waiters)
+        self._batcher._deliver(result, self._waiters, self._expected)
 
     def set_exception(self, exception: BaseException, /) -> None:
         self._done = True

@@ -54,14 +54,21 @@ def parse_outcome(reply: Any, count: int) -> Outcome:
     """``[1, 4, 900, 0]`` -> Outcome(True, (LimitState(4, 900, 0),)); anything else -> error."""
     if type(reply) is not list or len(reply) != 1 + 3 * count:
         raise StorageError(f"decide.lua returned {reply!r}")
-    if reply[0] == -1:
+    return parse_group(reply, 0, count)
+
+
+def parse_group(reply: list[Any], pos: int, count: int) -> Outcome:
+    """The Outcome of the group of ``count`` specs at ``reply[pos]`` (a batch's reply)."""
+    allowed = reply[pos]
+    if allowed == -1:
         raise StorageError("decide.lua refused the request: bad spec (limit, window or cost)")
     if count == 1:
-        return Outcome(reply[0] == 1, (LimitState(reply[1], reply[2], reply[3]),))
+        return Outcome(allowed == 1, (LimitState(reply[pos + 1], reply[pos + 2], reply[pos + 3]),))
     states = tuple(
-        LimitState(reply[i], reply[i + 1], reply[i + 2]) for i in range(1, len(reply), 3)
+        LimitState(reply[i], reply[i + 1], reply[i + 2])
+        for i in range(pos + 1, pos + 1 + 3 * count, 3)
     )
-    return Outcome(reply[0] == 1, states)
+    return Outcome(allowed == 1, states)
 
 
 class RedisStorage(Storage):
@@ -73,7 +80,7 @@ class RedisStorage(Storage):
         self.client = client
         self._instances_key = f"{key_prefix}:instances"
         self._timeout_s = timeout_ms / 1000
-        self.batcher = DecisionBatcher(client, DECIDE, parse_outcome, timeout_s=self._timeout_s)
+        self.batcher = DecisionBatcher(client, DECIDE, parse_group, timeout_s=self._timeout_s)
 
     @classmethod
     def from_config(cls, config: StorageConfig) -> RedisStorage:
