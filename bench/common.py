@@ -123,6 +123,23 @@ def apigate(config: dict[str, Any], *, workdir: Path) -> Iterator[int]:
         log.close()
 
 
+def worker_cpu_s(data_port: int) -> float:
+    """CPU seconds (user + system) the workers of the apigate on ``data_port`` have used.
+
+    Throughput on a shared 2-core machine swings with the neighbours; CPU per request of
+    the one worker is the steadier figure (Linux: reads /proc).
+    """
+    found = subprocess.run(["pgrep", "-f", f"apigate-{data_port}.yaml"], capture_output=True,
+                           text=True, check=False).stdout.split()
+    total = 0.0
+    for pid in found:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for child in children:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def wrk(url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1) -> dict[str, float]:
     """Run wrk; return requests/s, non-2xx count and latency percentiles (ms)."""
     out = subprocess.run(

@@ -2,11 +2,12 @@
 
 Both gateways run one worker on the same nginx upstream; the limited one checks a policy so
 high that nothing is rejected, on its own redis-server. Rounds alternate between the two under
-the same wrk. Prints requests/s, the ratio (goal >= 0.90) and, from ``INFO commandstats``,
-Redis round trips (EVALSHA) and all Redis commands per request, and from ``/metrics`` the
-gateway's decisions by outcome (``failure_open`` means Redis did not answer within
-``storage.timeout_ms`` and the request went through undecided), for ``sliding_window`` and
-``fixed_window``. Run: ``python bench/limits_overhead.py``.
+the same wrk (which of the two goes first alternates too). Prints requests/s, the ratio (goal
+>= 0.90), each worker's CPU per request (steadier than throughput on a shared machine), Redis
+round trips (EVALSHA) and all Redis commands per request from ``INFO commandstats``, and the
+gateway's decisions by outcome from ``/metrics`` (``failure_open`` means Redis did not answer
+within ``storage.timeout_ms`` and the request went through undecided), for
+``sliding_window`` and ``fixed_window``. Run: ``python bench/limits_overhead.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from common import (
     redis_server,
     stats_delta,
     wait_port,
+    worker_cpu_s,
     wrk_run,
 )
 from common import workdir as make_workdir
@@ -52,12 +54,20 @@ def gateway_config(upstream_port: int, redis_port: int | None, algorithm: str) -
     return config
 
 
+def measured_run(args: argparse.Namespace, port: int) -> dict[str, float]:
+    """wrk on one gateway; adds ``cpu_us``: its worker's CPU microseconds per request."""
+    cpu = worker_cpu_s(port)
+    result = wrk_run(f"http://127.0.0.1:{port}/bench", connections=args.connections,
+                     seconds=args.seconds)
+    result["cpu_us"] = (worker_cpu_s(port) - cpu) / result["requests"] * 1e6
+    return result
+
+
 def limited_run(args: argparse.Namespace, port: int, admin: int,
                 redis: int) -> tuple[dict[str, float], dict[str, int], dict[str, float]]:
     """wrk on the limited gateway: its result, Redis calls and apigate decisions during it."""
     stats, decisions = redis_commandstats(redis), decision_counts(admin)
-    result = wrk_run(f"http://127.0.0.1:{port}/bench", connections=args.connections,
-                     seconds=args.seconds)
+    result = measured_run(args, port)
     delta = stats_delta(stats, redis_commandstats(redis))
     time.sleep(1.5)  # workers flush metrics once a second
     after = decision_counts(admin)
@@ -73,21 +83,29 @@ def compare(args: argparse.Namespace, work: Path, upstream: int, redis: int,
         admin = admin_port(limited, workdir=work)
         for port in (plain, limited):  # warm up pools, caches and the Lua script
             wrk_run(f"http://127.0.0.1:{port}/", connections=8, seconds=1)
-        ratios, evalsha, commands = [], [], []
+        ratios, cpu_ratios, evalsha, commands = [], [], [], []
         for round_no in range(args.rounds):
-            base = wrk_run(f"http://127.0.0.1:{plain}/bench", connections=args.connections,
-                           seconds=args.seconds)
-            lim, delta, decisions = limited_run(args, limited, admin, redis)
+            # Alternate which goes first: a neighbour's burst then hurts each side as often.
+            if round_no % 2:
+                lim, delta, decisions = limited_run(args, limited, admin, redis)
+                base = measured_run(args, plain)
+            else:
+                base = measured_run(args, plain)
+                lim, delta, decisions = limited_run(args, limited, admin, redis)
             ratios.append(lim["rps"] / base["rps"])
+            cpu_ratios.append(base["cpu_us"] / lim["cpu_us"])
             evalsha.append(delta.get("evalsha", 0) / lim["requests"])
             commands.append(sum(delta.values()) / lim["requests"])
             print(f"  round {round_no + 1}: no limits {base['rps']:,.0f} req/s | "
                   f"Redis limit {lim['rps']:,.0f} req/s (non-2xx {lim['non2xx']:.0f}, "
                   f"errors {lim['errors']:.0f}) | ratio {ratios[-1]:.2f}\n"
+                  f"    worker CPU per request: no limits {base['cpu_us']:.1f} us, Redis limit "
+                  f"{lim['cpu_us']:.1f} us (ratio {cpu_ratios[-1]:.2f})\n"
                   f"    decisions: {', '.join(f'{k} {v:.0f}' for k, v in decisions.items() if v)}"
                   f" | EVALSHA/request {evalsha[-1]:.3f}, Redis commands/request "
                   f"{commands[-1]:.3f} ({', '.join(f'{k} {v}' for k, v in delta.items() if v)})")
-        print(f"{algorithm}: limited / unlimited median {median(ratios):.2f} (goal >= {GOAL}) | "
+        print(f"{algorithm}: limited / unlimited median {median(ratios):.2f} (goal >= {GOAL}); "
+              f"by worker CPU per request {median(cpu_ratios):.2f} | "
               f"Redis round trips per decision (EVALSHA/request) {median(evalsha):.3f} | "
               f"Redis commands per request (counting those run inside the script) "
               f"{median(commands):.3f}")
@@ -98,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
     args = parser.parse_args()
     with make_workdir() as tmp:
