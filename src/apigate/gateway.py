@@ -19,7 +19,6 @@ from apigate.observability.access_log import AccessEntry
 from apigate.observability.logging import bind_request, unbind, update_request
 from apigate.observability.request_id import new_request_id, trace_id, valid_request_id
 from apigate.proxy.forward import ForwardFailed, Outbound
-from apigate.ratelimit import Verdict
 from apigate.ratelimit.limiter import Pending
 from apigate.ratelimit.storage.base import StorageError
 from apigate.routing.router import Match, MethodNotAllowed, host_without_port
@@ -80,7 +79,6 @@ class Gateway:
             response_headers = [(b"x-request-id", request_id.encode())]
             policies = runtime.policies_for(route, caller)
             if policies:
-                limit_started = time.perf_counter()
                 limiter = runtime.limiter
                 begun = limiter.begin(
                     route=route.name, policy_names=policies, caller=caller, headers=headers
@@ -96,7 +94,10 @@ class Gateway:
                     )
                 else:
                     verdict = begun
-                _count_decision(runtime, verdict, limit_started)
+                runtime.metrics.ratelimit_decision(
+                    verdict.policy or "-",
+                    _DECISION_LABELS.get(verdict.decision, verdict.decision),  # type: ignore[arg-type]
+                )
                 outcome.decision = verdict.decision
                 outcome.policy = verdict.policy
                 if not verdict.allowed:
@@ -134,13 +135,6 @@ class Gateway:
             if runtime.access_log_enabled:
                 _log_access(runtime, request, writer, conn, outcome, seconds=seconds)
 
-
-
-def _count_decision(runtime: Runtime, verdict: Verdict, started: float) -> None:
-    runtime.metrics.storage_seconds(time.perf_counter() - started)
-    runtime.metrics.ratelimit_decision(
-        verdict.policy or "-", _metric_decision(verdict.decision)  # type: ignore[arg-type]
-    )
 
 
 def _match(runtime: Runtime, request: Request) -> Match:
@@ -233,10 +227,6 @@ _DECISION_LABELS = {
     "local_limited": "failure_local", "limited_cached": "cached_limited",
     "bad_request": "limited",
 }
-
-
-def _metric_decision(decision: str) -> str:
-    return _DECISION_LABELS.get(decision, decision)
 
 
 def _text(value: bytes | None) -> str | None:

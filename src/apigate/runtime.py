@@ -84,6 +84,7 @@ def build_runtime(
     else:
         limiter = RateLimiter(config, build_storage(config.storage), instance_id=instance_id)
         auth = Authenticator(config, ConsumerDirectory.from_config(config))
+    limiter.guard.observe_with(metrics.storage_seconds)
     upstreams: dict[str, Upstream] = {}
     for name, upstream_config in config.upstreams.items():
         old = previous.upstreams.get(name) if previous is not None else None

@@ -151,7 +151,8 @@ class Metrics:
             "apigate_ratelimit_decisions_total", "Rate-limit decisions by policy and outcome.",
             ["policy", "decision"], registry=None)
         self._storage = Histogram(
-            "apigate_ratelimit_storage_seconds", "Time one rate-limit storage call took.",
+            "apigate_ratelimit_storage_seconds",
+            "Time one rate-limit storage round trip took (on Redis: one batch of decisions).",
             buckets=STORAGE_BUCKETS, registry=None)
         self._connections = Gauge(
             "apigate_active_connections", "Open client connections.",

@@ -37,6 +37,7 @@ class CircuitBreaker:
         self._max = max_cooldown_s
         self._clock = clock
         self._state = BreakerState.CLOSED
+        self.closed = True  # state is CLOSED: a plain attribute, read on every request
         self._failures = 0
         self._cooldown = cooldown_s
         self._open_until = 0.0
@@ -53,7 +54,7 @@ class CircuitBreaker:
         if self._state is BreakerState.OPEN:
             if self._clock() < self._open_until:
                 return False
-            self._state = BreakerState.HALF_OPEN
+            self._enter(BreakerState.HALF_OPEN)
             self._probing = False
         if self._probing:
             return False
@@ -66,7 +67,7 @@ class CircuitBreaker:
             return  # the common case: nothing to reset
         if self._state is not BreakerState.CLOSED:
             log.warning("rate-limit storage answers again: circuit closed")
-        self._state = BreakerState.CLOSED
+        self._enter(BreakerState.CLOSED)
         self._failures = 0
         self._cooldown = self._base
         self._probing = False
@@ -94,13 +95,17 @@ class CircuitBreaker:
         """The call was cancelled before it answered: let another caller probe."""
         self._probing = False
 
+    def _enter(self, state: BreakerState) -> None:
+        self._state = state
+        self.closed = state is BreakerState.CLOSED
+
     def _open(self) -> None:
         if self._state is BreakerState.CLOSED:
             log.error(
                 "rate-limit storage failing: circuit open, storage.on_failure applies",
                 extra={"cooldown_s": self._cooldown},
             )
-        self._state = BreakerState.OPEN
+        self._enter(BreakerState.OPEN)
         self._open_until = self._clock() + self._cooldown
         self._probing = False
         self._failures = 0

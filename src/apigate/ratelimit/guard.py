@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -47,12 +48,21 @@ class StorageGuard:
         self.local = MemoryStorage(clock=lambda: int(clock() * 1000))
         self.live_instances = 1
         self.started = False
+        self._observe: Callable[[float], None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+
+    def observe_with(self, hook: Callable[[float], None] | None) -> None:
+        """Report the seconds of each storage round trip to ``hook`` (metrics)."""
+        if self.storage.times_own_calls:
+            self.storage.observe_with(hook)
+        else:
+            self._observe = hook
 
     async def decide(self, specs: Sequence[LimitSpec]) -> Outcome | None:
         """Storage's outcome, or None when it failed, timed out or the circuit is open."""
         if not self.breaker.allow():
             return None
+        started = time.perf_counter()
         try:
             if self.storage.bounds_own_calls:
                 # Counted from the moment the command is written: a timer here would also
@@ -67,6 +77,9 @@ class StorageGuard:
         except BaseException:
             self.breaker.abandon()
             raise
+        finally:
+            if self._observe is not None:
+                self._observe(time.perf_counter() - started)
         self.breaker.success()
         return outcome
 

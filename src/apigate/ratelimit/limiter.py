@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from apigate.config.model import Config, RateLimitPolicy
 from apigate.identity import Caller
 from apigate.ratelimit import headers as hdr
-from apigate.ratelimit.breaker import BreakerState
 from apigate.ratelimit.guard import StorageGuard
 from apigate.ratelimit.keys import CostError, request_cost, request_key, storage_key
 from apigate.ratelimit.overlimit import RECHECK_S, Denial
@@ -204,11 +203,11 @@ class RateLimiter:
         if plan.shadow:
             return None
         rt = self._rt
-        if rt.cache:
+        if rt.cache.denials:
             cached = self._cached_denial(plan.planned)
             if cached is not None:
                 return cached
-        if rt.breaker.state is not BreakerState.CLOSED:
+        if not rt.breaker.closed:
             return None
         future = rt.storage.submit(plan.specs)
         return None if future is None else Pending(plan, future)

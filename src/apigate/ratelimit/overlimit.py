@@ -30,29 +30,31 @@ class OverLimitCache:
 
     def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self._max = max_keys
-        self._denials: OrderedDict[str, Denial] = OrderedDict()
+        # Read directly on the hot path: empty means no key is known to be over its limit.
+        # Read directly on the hot path: empty means no key is known to be over its limit.
+        self.denials: OrderedDict[str, Denial] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._denials)
+        return len(self.denials)
 
     def remember(self, key: str, denial: Denial) -> None:
-        self._denials[key] = denial
-        self._denials.move_to_end(key)
-        while len(self._denials) > self._max:
-            self._denials.popitem(last=False)
+        self.denials[key] = denial
+        self.denials.move_to_end(key)
+        while len(self.denials) > self._max:
+            self.denials.popitem(last=False)
 
     def lookup(self, key: str, cost: int, now_s: float) -> Denial | None:
         """The denial that still covers a request of ``cost`` on ``key`` at ``now_s``."""
-        denial = self._denials.get(key)
+        denial = self.denials.get(key)
         if denial is None:
             return None
         if min(denial.until_s, denial.recheck_s) <= now_s:
-            del self._denials[key]
+            del self.denials[key]
             return None
         return denial if cost >= denial.cost else None
 
     def forget(self, key: str) -> None:
-        self._denials.pop(key, None)
+        self.denials.pop(key, None)
 
     def clear(self) -> None:
-        self._denials.clear()
+        self.denials.clear()

@@ -201,3 +201,14 @@ async def test_every_key_written_has_a_ttl(fresh_redis: RedisServer) -> None:
         assert fresh_redis.keys_without_ttl() == []
     finally:
         await store.aclose()
+
+
+async def test_each_batch_reports_its_round_trip(storage: RedisStorage) -> None:
+    """The metrics hook hears once per batch (not per decision), with the seconds it took."""
+    await storage.ping()  # connected: the batches take the direct path
+    seen: list[float] = []
+    storage.observe_with(seen.append)
+    specs = [LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, 10, LONG_MS) for _ in range(40)]
+    await asyncio.gather(*(storage.decide([s]) for s in specs))  # 32 + 8: two batches
+    assert len(seen) == 2
+    assert all(0 < s < 2 for s in seen)

@@ -93,3 +93,15 @@ async def test_header_keyed_policies_are_planned_per_request() -> None:
     assert [await call("a"), await call("a"), await call("a")] == ["allowed", "allowed", "limited"]
     assert await call("b", cost="2") == "allowed"  # b's own bucket, charged 2
     assert [s[0].cost for s in storage.calls] == [1, 1, 1, 2]
+
+
+async def test_storage_round_trips_are_timed_for_the_metrics() -> None:
+    """A storage that does not time itself is timed by the limiter, failed calls included."""
+    limiter, storage, _ = make_limiter({"per-ip": PER_IP}, storage={"on_failure": "open"})
+    seen: list[float] = []
+    limiter.guard.observe_with(seen.append)
+    await decide(limiter)
+    storage.fail = True
+    await decide(limiter)
+    assert len(seen) == 2
+    assert all(s >= 0 for s in seen)

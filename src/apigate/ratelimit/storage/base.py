@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -67,6 +67,13 @@ class Storage(ABC):
     # True when ``decide`` raises StorageError by itself within storage.timeout_ms; otherwise
     # the limiter wraps each call in a timer of its own.
     bounds_own_calls = False
+    # True when the storage reports its own round trips to the hook given to observe_with();
+    # otherwise the limiter times each decide() call for it.
+    times_own_calls = False
+
+    def observe_with(self, hook: Callable[[float], None] | None) -> None:
+        """Report the seconds of each round trip to ``hook`` (only if ``times_own_calls``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not time its own calls")
 
     @abstractmethod
     async def decide(self, specs: Sequence[LimitSpec]) -> Outcome:

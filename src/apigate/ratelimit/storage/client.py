@@ -74,12 +74,13 @@ class RespClient:
         """Socket writes made so far (one per event-loop tick with commands)."""
         return self._counters.writes
 
-    def try_send_now(self, args: Command, sink: ReplySink, timeout_s: float) -> bool:
-        """Write ``args`` now on the open connection, its reply to ``sink``; False if none."""
+    def try_send_packed_now(self, packed: bytes, sink: ReplySink, timeout_s: float) -> bool:
+        """Write a RESP command now on the open connection, its reply to ``sink``; False if
+        not connected."""
         conn = self._conn
         if conn is None or not conn.usable:
             return False
-        conn.send_now(args, sink, timeout_s)
+        conn.send_packed_now(packed, sink, timeout_s)
         return True
 
     async def execute(self, args: Command, *, timeout_s: float) -> Any:

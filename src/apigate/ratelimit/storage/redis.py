@@ -7,7 +7,7 @@ coalescing RESP client: decisions made in the same event-loop tick share one soc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from apigate.config.model import StorageConfig
@@ -75,12 +75,17 @@ class RedisStorage(Storage):
     """Counters on a single Redis server, decided by ``decide.lua``."""
 
     bounds_own_calls = True  # every command carries its own deadline (resp.py)
+    times_own_calls = True  # each batch's round trip (batch.py)
 
     def __init__(self, client: RespClient, *, key_prefix: str, timeout_ms: int) -> None:
         self.client = client
         self._instances_key = f"{key_prefix}:instances"
         self._timeout_s = timeout_ms / 1000
-        self.batcher = DecisionBatcher(client, DECIDE, parse_group, timeout_s=self._timeout_s)
+        self.batcher = DecisionBatcher(
+            client, DECIDE, parse_group, _CODE, timeout_s=self._timeout_s
+        )
+        # The request path calls the batcher without a frame of this class in between.
+        self.submit = self.batcher.submit  # type: ignore[method-assign]
 
     @classmethod
     def from_config(cls, config: StorageConfig) -> RedisStorage:
@@ -101,11 +106,16 @@ class RedisStorage(Storage):
         """
         if not specs:
             return Outcome(True, ())
-        return await self.batcher.submit(specs, _CODE)
+        return await self.batcher.submit(specs)
 
     def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome]:
-        """``decide`` as a bare future (see ``Storage.submit``)."""
-        return self.batcher.submit(specs, _CODE)
+        """``decide`` as a bare future (see ``Storage.submit``; replaced per instance by the
+        batcher's own ``submit``)."""
+        return self.batcher.submit(specs)
+
+    def observe_with(self, hook: Callable[[float], None] | None) -> None:
+        """Report each batch's round trip (write to reply) to ``hook``."""
+        self.batcher.observe = hook
 
     async def peek(self, spec: LimitSpec) -> LimitState:
         """The state of ``spec`` for a request of ``spec.cost``; writes nothing."""

@@ -150,15 +150,15 @@ class _Connection(asyncio.Protocol):
     def send(self, args: Command, timeout: float) -> asyncio.Future[Any]:
         """Queue one command for this tick's write; the future fails after ``timeout`` s."""
         fut = self._loop.create_future()
-        self._queue(args, fut, timeout, schedule=True)
+        self._queue(_pack(args), fut, timeout, schedule=True)
         return fut
 
-    def send_now(self, args: Command, sink: ReplySink, timeout: float) -> None:
-        """Queue one command for ``sink`` and write the buffer now (end of tick or batch full)."""
-        self._queue(args, sink, timeout, schedule=False)
+    def send_packed_now(self, packed: bytes, sink: ReplySink, timeout: float) -> None:
+        """Queue one command already in RESP for ``sink``; write the buffer now."""
+        self._queue(packed, sink, timeout, schedule=False)
         self.flush()
 
-    def _queue(self, args: Command, sink: ReplySink, timeout: float, *, schedule: bool) -> None:
+    def _queue(self, packed: bytes, sink: ReplySink, timeout: float, *, schedule: bool) -> None:
         if self._transport is None:
             raise StorageError("redis connection is closed")
         if not self._pending:
@@ -172,7 +172,7 @@ class _Connection(asyncio.Protocol):
         buf = self._buf
         if not buf and schedule:
             self._loop.call_soon(self.flush)
-        buf.append(_pack(args))
+        buf.append(packed)
         if len(buf) >= FLUSH_EVERY:
             self.flush()
 
