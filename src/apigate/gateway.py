@@ -19,7 +19,6 @@ from apigate.observability.access_log import AccessEntry
 from apigate.observability.logging import bind_request, unbind, update_request
 from apigate.observability.request_id import new_request_id, trace_id, valid_request_id
 from apigate.proxy.forward import ForwardFailed, Outbound
-from apigate.ratelimit.limiter import Pending
 from apigate.ratelimit.storage.base import StorageError
 from apigate.routing.router import Match, MethodNotAllowed, host_without_port
 from apigate.runtime import Runtime
@@ -42,6 +41,18 @@ class _Outcome:
 
 # Routes without auth or limits never look at the caller; they share this one.
 _ANONYMOUS = Caller("")
+# Callers known only by address are immutable: one per client address, reused (bounded).
+_BY_ADDRESS: dict[str, Caller] = {}
+_BY_ADDRESS_MAX = 10_000
+
+
+def _caller(client_ip: str) -> Caller:
+    caller = _BY_ADDRESS.get(client_ip)
+    if caller is None:
+        if len(_BY_ADDRESS) >= _BY_ADDRESS_MAX:
+            _BY_ADDRESS.clear()
+        caller = _BY_ADDRESS[client_ip] = Caller(client_ip)
+    return caller
 
 
 class Gateway:
@@ -70,7 +81,7 @@ class Gateway:
             outcome.upstream = route.upstream
             # Application log lines written while this request runs carry its context.
             context = bind_request(request_id, client_ip=client_ip, route=route.name)
-            caller = _ANONYMOUS if not runtime.identifies(route) else Caller(client_ip)
+            caller = _ANONYMOUS if not runtime.identifies(route) else _caller(client_ip)
             headers = HeaderView(request.headers)
             if route.auth != "none":
                 caller = await runtime.authenticate(route, headers, request.query, client_ip)
@@ -83,11 +94,12 @@ class Gateway:
                 begun = limiter.begin(
                     route=route.name, policy_names=policies, caller=caller, headers=headers
                 )
-                if isinstance(begun, Pending):
+                if isinstance(begun, tuple):  # a Pending: (plan, future)
+                    plan, decided = begun
                     try:
-                        verdict = limiter.conclude(begun, await begun.future)
+                        verdict = limiter.conclude(plan, await decided)
                     except StorageError:
-                        verdict = await limiter.failed(begun)
+                        verdict = await limiter.failed(plan)
                 elif begun is None:
                     verdict = await limiter.check(
                         route=route.name, policy_names=policies, caller=caller, headers=headers

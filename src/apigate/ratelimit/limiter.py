@@ -67,17 +67,6 @@ class _Planned:
     spec: LimitSpec
 
 
-class Pending:
-    """A decision sent to storage by :meth:`RateLimiter.begin`: await ``future``, then
-    :meth:`RateLimiter.conclude` (or :meth:`RateLimiter.failed` on a StorageError)."""
-
-    __slots__ = ("future", "plan")
-
-    def __init__(self, plan: _Plan, future: asyncio.Future[Outcome]) -> None:
-        self.plan = plan
-        self.future = future
-
-
 class _Plan:
     """One request's policies and specs; memoized per client when its keys allow."""
 
@@ -87,6 +76,11 @@ class _Plan:
         self.planned = planned
         self.specs = [p.spec for p in planned]
         self.shadow = any(p.policy.shadow for p in planned)
+
+
+# A decision sent to storage by RateLimiter.begin: the plan, and the future to await before
+# RateLimiter.conclude (or RateLimiter.failed on a StorageError). A tuple: no __init__ to run.
+Pending = tuple[_Plan, "asyncio.Future[Outcome]"]
 
 
 class RateLimiter:
@@ -182,9 +176,9 @@ class RateLimiter:
         """Begin deciding one request without a coroutine (the request path's fast path).
 
         Returns the Verdict when it is known at once (unlimited, 400, a cached denial); a
-        Pending when the decision went to storage as one bare future; or None when this
-        request needs the general path, ``await check(...)`` (shadow policies, an open
-        circuit, a storage without ``submit``).
+        Pending (plan, future) when the decision went to storage as one bare future; or None
+        when this request needs the general path, ``await check(...)`` (shadow policies, an
+        open circuit, a storage without ``submit``).
         """
         memo = (policy_names, caller.client_ip, caller.consumer, route)
         plan = self._plans.get(memo)
@@ -210,17 +204,17 @@ class RateLimiter:
         if not rt.breaker.closed:
             return None
         future = rt.storage.submit(plan.specs)
-        return None if future is None else Pending(plan, future)
+        return None if future is None else (plan, future)
 
-    def conclude(self, pending: Pending, outcome: Outcome) -> Verdict:
+    def conclude(self, plan: _Plan, outcome: Outcome) -> Verdict:
         """The verdict once storage answered a decision :meth:`begin` sent."""
         self._rt.breaker.success()
-        return self._verdict(pending.plan.planned, outcome, local=False)
+        return self._verdict(plan.planned, outcome, local=False)
 
-    async def failed(self, pending: Pending) -> Verdict:
+    async def failed(self, plan: _Plan) -> Verdict:
         """The verdict when storage failed a decision :meth:`begin` sent (on_failure)."""
         self._rt.breaker.failure()
-        return await self._on_failure(pending.plan.planned)
+        return await self._on_failure(plan.planned)
 
     def describe_policies(self) -> list[dict[str, object]]:
         return [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apigate.identity import Caller
 from apigate.ratelimit.breaker import BreakerState
-from apigate.ratelimit.limiter import Pending, RateLimiter, Verdict
+from apigate.ratelimit.limiter import RateLimiter, Verdict
 from apigate.ratelimit.storage.base import StorageError
 
 from .fakes import make_limiter
@@ -17,11 +17,12 @@ async def decide(limiter: RateLimiter, names: tuple[str, ...] = ("per-ip",)) -> 
     """What the gateway does: begin; await a Pending's future, or fall back to check."""
     kwargs = {"route": "r", "policy_names": names, "caller": Caller("203.0.113.7"), "headers": {}}
     started = limiter.begin(**kwargs)  # type: ignore[arg-type]
-    if isinstance(started, Pending):
+    if isinstance(started, tuple):  # a Pending
+        plan, future = started
         try:
-            return limiter.conclude(started, await started.future)
+            return limiter.conclude(plan, await future)
         except StorageError:
-            return await limiter.failed(started)
+            return await limiter.failed(plan)
     if started is None:
         return await limiter.check(**kwargs)  # type: ignore[arg-type]
     return started
@@ -87,8 +88,8 @@ async def test_header_keyed_policies_are_planned_per_request() -> None:
             route="r", policy_names=("tenant",), caller=Caller("203.0.113.7"),
             headers={"x-tenant": name, "x-cost": cost},
         )
-        assert isinstance(started, Pending)
-        return limiter.conclude(started, await started.future).decision
+        assert isinstance(started, tuple)
+        return limiter.conclude(started[0], await started[1]).decision
 
     assert [await call("a"), await call("a"), await call("a")] == ["allowed", "allowed", "limited"]
     assert await call("b", cost="2") == "allowed"  # b's own bucket, charged 2
