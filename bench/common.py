@@ -123,6 +123,11 @@ def apigate(config: dict[str, Any], *, workdir: Path) -> Iterator[int]:
         log.close()
 
 
+def python_line() -> str:
+    """The interpreter the benchmark (and the apigate it starts) runs on, for the output."""
+    return f"Python {sys.version.split()[0]} ({sys.executable})"
+
+
 def worker_cpu_s(data_port: int) -> float:
     """CPU seconds (user + system) the workers of the apigate on ``data_port`` have used.
 

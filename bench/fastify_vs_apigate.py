@@ -28,6 +28,7 @@ from common import (
     median,
     nginx,
     nginx_upstream_block,
+    python_line,
     redis_commandstats,
     redis_server,
     require,
@@ -123,6 +124,7 @@ def main() -> None:
                         help="apigate's algorithm (fastify's Redis store is a fixed window)")
     args = parser.parse_args()
     ensure_node_modules()
+    print(python_line())
     with make_workdir() as tmp:
         work = Path(tmp)
         upstream = free_port()

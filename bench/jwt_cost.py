@@ -20,7 +20,16 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from apigate.auth.jwt import CACHE_SIZE
-from common import apigate, free_port, median, nginx, nginx_upstream_block, wait_port, wrk_run
+from common import (
+    apigate,
+    free_port,
+    median,
+    nginx,
+    nginx_upstream_block,
+    python_line,
+    wait_port,
+    wrk_run,
+)
 from common import workdir as make_workdir
 
 ISSUER, AUDIENCE, KID = "https://issuer.bench.invalid", "apigate-bench", "bench-1"
@@ -104,6 +113,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=CACHE_SIZE + 2000,
                         help="distinct tokens for the uncached run (more than the cache holds)")
     args = parser.parse_args()
+    print(python_line())
     with make_workdir() as tmp:
         work = Path(tmp)
         key, jwks = make_keys(work)

@@ -40,6 +40,7 @@ from limits.storage import storage_from_string
 from apigate.config.model import StorageConfig
 from apigate.ratelimit.storage.base import Algorithm, LimitSpec
 from apigate.ratelimit.storage.redis import RedisStorage
+from common import python_line
 
 TASKS = 64
 KEYS = 10_000
@@ -50,6 +51,7 @@ PAIRS = [  # (apigate algorithm, limits strategy)
     (Algorithm.SLIDING_LOG, MovingWindowRateLimiter),
 ]
 GOAL = 8.0
+GOAL_PAIR = Algorithm.SLIDING_WINDOW  # the goal names limits' sliding window counter
 
 
 @contextmanager
@@ -171,6 +173,7 @@ async def one_pair(port: int, algorithm: Algorithm, strategy: Any, args: Any) ->
 async def main(args: argparse.Namespace) -> None:
     with redis_server() as port:
         rows = [await one_pair(port, alg, strat, args) for alg, strat in PAIRS]
+    print(python_line())
     print(f"{TASKS} tasks, {KEYS} keys, {args.decisions} apigate / {args.limits_decisions} "
           f"limits decisions per round, median of {args.rounds} rounds, uvloop, one Redis\n")
     print(f"{'apigate algorithm':<16} {'limits strategy':<32} {'apigate/s':>10} "
@@ -190,10 +193,11 @@ async def main(args: argparse.Namespace) -> None:
         print(f"{r['algorithm']:<16} {r['cpu_apigate_py']:>15.1f} {r['cpu_apigate_redis']:>14.1f} "
               f"{r['cpu_limits_py']:>14.1f} {r['cpu_limits_redis']:>13.1f} "
               f"{theirs / ours:>11.1f}x")
-    best_limits = max(r["limits"] for r in rows)
-    worst_ratio = min(r["apigate"] / r["limits"] for r in rows)
-    print(f"\nbest limits rate {best_limits:,.0f}/s; lowest ratio {worst_ratio:.1f}x "
-          f"(goal >= {GOAL:.0f}x): {'met' if worst_ratio >= GOAL else 'NOT met'}")
+    goal = next(r for r in rows if r["algorithm"] == GOAL_PAIR.name.lower())
+    ratio = goal["apigate"] / goal["limits"]
+    print(f"\nsliding window counter (the goal's pair): {ratio:.1f}x (goal >= {GOAL:.0f}x): "
+          f"{'met' if ratio >= GOAL else 'NOT met'}; all pairs: "
+          + ", ".join(f"{r['algorithm']} {r['apigate'] / r['limits']:.1f}x" for r in rows))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from common import (
     median,
     nginx,
     nginx_upstream_block,
+    python_line,
     redis_commandstats,
     redis_server,
     stats_delta,
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
     args = parser.parse_args()
+    print(python_line())
     with make_workdir() as tmp:
         work = Path(tmp)
         upstream = free_port()

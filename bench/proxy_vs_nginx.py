@@ -15,6 +15,7 @@ from common import (
     nginx,
     nginx_proxy_block,
     nginx_upstream_block,
+    python_line,
     wait_port,
     wrk,
 )
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    print(python_line())
     with make_workdir() as tmp:
         work = Path(tmp)
         upstream, proxy = free_port(), free_port()
