@@ -149,12 +149,9 @@ class RateLimiter:
         headers: Mapping[str, str],
     ) -> Verdict:
         """Decide one request; ``headers`` has lower-case names."""
-        try:
-            planned = self._plan(route, policy_names, caller, headers)
-        except CostError as exc:
-            return Verdict(False, 400, "bad_request", error=str(exc))
-        if not planned:
-            return _UNLIMITED
+        planned = self._plan_or_verdict(route, policy_names, caller, headers)
+        if isinstance(planned, Verdict):
+            return planned
         real = [p for p in planned if not p.policy.shadow]
         shadow = [p for p in planned if p.policy.shadow]
         if not shadow:
@@ -183,12 +180,9 @@ class RateLimiter:
         memo = (policy_names, caller.client_ip, caller.consumer, route)
         plan = self._plans.get(memo)
         if plan is None:
-            try:
-                planned = self._plan(route, policy_names, caller, headers)
-            except CostError as exc:
-                return Verdict(False, 400, "bad_request", error=str(exc))
-            if not planned:
-                return _UNLIMITED
+            planned = self._plan_or_verdict(route, policy_names, caller, headers)
+            if isinstance(planned, Verdict):
+                return planned
             plan = _Plan(planned)
             if all(self._memoizable.get(name, True) for name in policy_names):
                 if len(self._plans) >= _PLANNED_MAX:
@@ -256,6 +250,16 @@ class RateLimiter:
         await self._rt.local.reset(spec)
 
     # -- the request path -------------------------------------------------------------------
+
+    def _plan_or_verdict(
+        self, route: str, names: Sequence[str], caller: Caller, headers: Mapping[str, str]
+    ) -> list[_Planned] | Verdict:
+        """The plan, or the verdict that needs none: 400 for a bad cost, unlimited."""
+        try:
+            planned = self._plan(route, names, caller, headers)
+        except CostError as exc:
+            return Verdict(False, 400, "bad_request", error=str(exc))
+        return planned if planned else _UNLIMITED
 
     def _plan(
         self, route: str, names: Sequence[str], caller: Caller, headers: Mapping[str, str]

@@ -49,6 +49,20 @@ local function sliding_retry(limit, w, cost, prev, curr, elapsed, reset)
   return math.min(math.ceil(reset + into), cap)
 end
 
+-- GCRA for a charge of `cost` on the bucket at `tkey`: allowed, then the theoretical arrival
+-- time before (`base`, never in the past) and after the charge, one token's interval and the
+-- tolerance, all in ms.
+local function gcra(tkey, limit, w, burst, cost)
+  local per = w / limit
+  local tolerance = (limit + burst) * per
+  local tat = tonumber(redis.call('GET', tkey) or now)
+  local base = math.max(tat, now)
+  local new_tat = base + cost * per
+  -- tat is epoch ms as a double (about 2e-4 ms of precision): without the slack a full
+  -- bucket could refuse its last token when (limit + burst) * per rounds up.
+  return new_tat - now <= tolerance + 0.001, base, new_tat, per, tolerance
+end
+
 local function refund(key, alg, limit, w, cost)
   if alg == FIXED or alg == SLIDING then
     local wkey = win_key(key, math.floor(now / w))
@@ -145,14 +159,7 @@ local function decide(k0, a0, n, mode, out)
       r = {ok, retry, limit - card, limit - card - cost, nil, w, lkey, card, w + 1000}
     else
       local tkey = key .. ':tat'
-      local per = w / limit
-      local tolerance = (limit + burst) * per
-      local tat = tonumber(redis.call('GET', tkey) or now)
-      local base = math.max(tat, now)
-      local new_tat = base + cost * per
-      -- tat is epoch ms as a double (about 2e-4 ms of precision): without the slack a full
-      -- bucket could refuse its last token when (limit + burst) * per rounds up.
-      local ok = new_tat - now <= tolerance + 0.001
+      local ok, base, new_tat, per, tolerance = gcra(tkey, limit, w, burst, cost)
       local retry = 0
       if not ok then retry = math.ceil((new_tat - now) - tolerance) end
       local reset = math.ceil(base - now)
@@ -211,12 +218,8 @@ local function decide_one(key, alg, limit, w, burst, cost, out, o)
   end
   if alg == TOKEN then
     local tkey = key .. ':tat'
-    local per = w / limit
-    local tolerance = (limit + burst) * per
-    local tat = tonumber(redis.call('GET', tkey) or now)
-    local base = math.max(tat, now)
-    local new_tat = base + cost * per
-    if new_tat - now <= tolerance + 0.001 then  -- the slack: see decide()
+    local ok, base, new_tat, per, tolerance = gcra(tkey, limit, w, burst, cost)
+    if ok then
       redis.call('SET', tkey, string.format('%.17g', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
       out[o], out[o + 1] = 1, math.max(math.floor((tolerance - (new_tat - now)) / per), 0)
       out[o + 2], out[o + 3] = math.ceil(base - now), 0  -- reset: from tat before the charge
