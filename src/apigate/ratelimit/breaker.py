@@ -38,6 +38,7 @@ class CircuitBreaker:
         self._clock = clock
         self._state = BreakerState.CLOSED
         self.closed = True  # state is CLOSED: a plain attribute, read on every request
+        self.healthy = True  # closed with no failure since the last success: success() is a no-op
         self._failures = 0
         self._cooldown = cooldown_s
         self._open_until = 0.0
@@ -54,6 +55,7 @@ class CircuitBreaker:
         if self._state is BreakerState.OPEN:
             if self._clock() < self._open_until:
                 return False
+            self.healthy = False
             self._enter(BreakerState.HALF_OPEN)
             self._probing = False
         if self._probing:
@@ -63,7 +65,7 @@ class CircuitBreaker:
 
     def success(self) -> None:
         """The call answered: close the circuit and forget past failures."""
-        if self._failures == 0 and self._state is BreakerState.CLOSED:
+        if self.healthy:
             return  # the common case: nothing to reset
         if self._state is not BreakerState.CLOSED:
             log.warning("rate-limit storage answers again: circuit closed")
@@ -71,9 +73,11 @@ class CircuitBreaker:
         self._failures = 0
         self._cooldown = self._base
         self._probing = False
+        self.healthy = True
 
     def failure(self) -> None:
         """The call failed or timed out."""
+        self.healthy = False
         if self._state is BreakerState.HALF_OPEN:
             self._cooldown = min(self._cooldown * 2, self._max)
             self._open()

@@ -70,12 +70,15 @@ class _Planned:
 class _Plan:
     """One request's policies and specs; memoized per client when its keys allow."""
 
-    __slots__ = ("planned", "shadow", "specs")
+    __slots__ = ("one", "planned", "shadow", "specs")
 
-    def __init__(self, planned: list[_Planned]) -> None:
+    def __init__(
+        self, planned: list[_Planned], one: tuple[hdr.Header, bytes] | None = None
+    ) -> None:
         self.planned = planned
         self.specs = [p.spec for p in planned]
         self.shadow = any(p.policy.shadow for p in planned)
+        self.one = one  # a lone policy's pre-rendered ietf header parts (see _one_policy)
 
 
 # A decision sent to storage by RateLimiter.begin: the plan, and the future to await before
@@ -183,7 +186,10 @@ class RateLimiter:
             planned = self._plan_or_verdict(route, policy_names, caller, headers)
             if isinstance(planned, Verdict):
                 return planned
-            plan = _Plan(planned)
+            one = None
+            if len(planned) == 1 and self._config.rate_limit_headers == "ietf":
+                one = self._one_policy(planned[0])
+            plan = _Plan(planned, one)
             if all(self._memoizable.get(name, True) for name in policy_names):
                 if len(self._plans) >= _PLANNED_MAX:
                     self._plans.clear()
@@ -202,7 +208,15 @@ class RateLimiter:
 
     def conclude(self, plan: _Plan, outcome: Outcome) -> Verdict:
         """The verdict once storage answered a decision :meth:`begin` sent."""
-        self._rt.breaker.success()
+        breaker = self._rt.breaker
+        if not breaker.healthy:
+            breaker.success()
+        one = plan.one
+        if one is not None and outcome.allowed:  # a lone policy allowed: the common answer
+            state = outcome.states[0]
+            rendered = b"%s%d;t=%d" % (one[1], state.remaining, -(-state.reset_ms // 1000))
+            headers = (one[0], (b"RateLimit", rendered))
+            return Verdict(True, 200, "allowed", None, headers, None, plan.planned[0].name)
         return self._verdict(plan.planned, outcome, local=False)
 
     async def failed(self, plan: _Plan) -> Verdict:
