@@ -147,23 +147,7 @@ def worker_cpu_s(data_port: int) -> float:
 
 def wrk(url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1) -> dict[str, float]:
     """Run wrk; return requests/s, non-2xx count and latency percentiles (ms)."""
-    out = subprocess.run(
-        [require("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    result = {"rps": float(rps.group(1)) if rps else 0.0}
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    result["non2xx"] = float(bad.group(1)) if bad else 0.0
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result["errors"] = float(sum(int(g) for g in errors.groups())) if errors else 0.0
-    for pct in ("50", "99"):
-        match = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
-        if match:
-            value, unit = float(match.group(1)), match.group(2)
-            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-            result[f"p{pct}"] = value * scale
-    return result
+    return wrk_run(url, connections=connections, seconds=seconds, threads=threads)
 
 
 def workdir() -> tempfile.TemporaryDirectory[str]:
