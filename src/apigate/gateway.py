@@ -47,11 +47,10 @@ _BY_ADDRESS_MAX = 10_000
 
 
 def _caller(client_ip: str) -> Caller:
-    caller = _BY_ADDRESS.get(client_ip)
-    if caller is None:
-        if len(_BY_ADDRESS) >= _BY_ADDRESS_MAX:
-            _BY_ADDRESS.clear()
-        caller = _BY_ADDRESS[client_ip] = Caller(client_ip)
+    """A new caller for ``client_ip``, kept for the next request from that address."""
+    if len(_BY_ADDRESS) >= _BY_ADDRESS_MAX:
+        _BY_ADDRESS.clear()
+    caller = _BY_ADDRESS[client_ip] = Caller(client_ip)
     return caller
 
 
@@ -81,19 +80,21 @@ class Gateway:
             outcome.upstream = route.upstream
             # Application log lines written while this request runs carry its context.
             context = bind_request(request_id, client_ip=client_ip, route=route.name)
-            caller = _ANONYMOUS if not runtime.identifies(route) else _caller(client_ip)
             headers = HeaderView(request.headers)
             if route.auth != "none":
                 caller = await runtime.authenticate(route, headers, request.query, client_ip)
                 outcome.consumer = caller.consumer
                 update_request(consumer=caller.consumer)
+                policies = runtime.policies_for(route, caller)
+            elif route.rate_limits:  # known by address only: the route's own limits
+                caller = _BY_ADDRESS.get(client_ip) or _caller(client_ip)
+                policies = route.rate_limits
+            else:  # neither auth nor limits: nothing looks at the caller
+                caller, policies = _ANONYMOUS, ()
             response_headers = [(b"x-request-id", request_id.encode())]
-            policies = runtime.policies_for(route, caller)
             if policies:
                 limiter = runtime.limiter
-                begun = limiter.begin(
-                    route=route.name, policy_names=policies, caller=caller, headers=headers
-                )
+                begun = limiter.begin(route.name, policies, caller, headers)
                 if isinstance(begun, tuple):  # a Pending: (plan, future)
                     plan, decided = begun
                     try:

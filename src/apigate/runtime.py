@@ -56,10 +56,6 @@ class Runtime:
         """Client headers never passed upstream on ``route``."""
         return self.drop_headers[route.name]
 
-    def identifies(self, route: RouteConfig) -> bool:
-        """Whether requests on ``route`` need to know their caller (auth or rate limits)."""
-        return route.auth != "none" or bool(route.rate_limits)
-
     def policies_for(self, route: RouteConfig, caller: Caller) -> tuple[str, ...]:
         """The route's limits, then the consumer's (each policy once)."""
         if caller.consumer is None or not self.consumer_limits:

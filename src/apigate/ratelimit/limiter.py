@@ -167,7 +167,6 @@ class RateLimiter:
 
     def begin(
         self,
-        *,
         route: str,
         policy_names: tuple[str, ...],
         caller: Caller,
