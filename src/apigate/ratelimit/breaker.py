@@ -36,27 +36,20 @@ class CircuitBreaker:
         self._base = cooldown_s
         self._max = max_cooldown_s
         self._clock = clock
-        self._state = BreakerState.CLOSED
-        self.closed = True  # state is CLOSED: a plain attribute, read on every request
-        self.healthy = True  # closed with no failure since the last success: success() is a no-op
+        self.state = BreakerState.CLOSED  # a plain attribute: read on every request
         self._failures = 0
         self._cooldown = cooldown_s
         self._open_until = 0.0
         self._probing = False
 
-    @property
-    def state(self) -> BreakerState:
-        return self._state
-
     def allow(self) -> bool:
         """True if storage may be called now (in half-open: only for the one probe)."""
-        if self._state is BreakerState.CLOSED:
+        if self.state is BreakerState.CLOSED:
             return True
-        if self._state is BreakerState.OPEN:
+        if self.state is BreakerState.OPEN:
             if self._clock() < self._open_until:
                 return False
-            self.healthy = False
-            self._enter(BreakerState.HALF_OPEN)
+            self.state = BreakerState.HALF_OPEN
             self._probing = False
         if self._probing:
             return False
@@ -65,25 +58,23 @@ class CircuitBreaker:
 
     def success(self) -> None:
         """The call answered: close the circuit and forget past failures."""
-        if self.healthy:
+        if self._failures == 0 and self.state is BreakerState.CLOSED:
             return  # the common case: nothing to reset
-        if self._state is not BreakerState.CLOSED:
+        if self.state is not BreakerState.CLOSED:
             log.warning("rate-limit storage answers again: circuit closed")
-        self._enter(BreakerState.CLOSED)
+        self.state = BreakerState.CLOSED
         self._failures = 0
         self._cooldown = self._base
         self._probing = False
-        self.healthy = True
 
     def failure(self) -> None:
         """The call failed or timed out."""
-        self.healthy = False
-        if self._state is BreakerState.HALF_OPEN:
+        if self.state is BreakerState.HALF_OPEN:
             self._cooldown = min(self._cooldown * 2, self._max)
             self._open()
             return
         self._failures += 1
-        if self._state is BreakerState.CLOSED and self._failures >= self._threshold:
+        if self.state is BreakerState.CLOSED and self._failures >= self._threshold:
             self._open()
 
     def storage_answered(self) -> None:
@@ -92,24 +83,20 @@ class CircuitBreaker:
         The next caller probes at once instead of deciding by ``on_failure`` for up to
         ``max_cooldown_s`` against a storage that is already back.
         """
-        if self._state is BreakerState.OPEN:
+        if self.state is BreakerState.OPEN:
             self._open_until = min(self._open_until, self._clock())
 
     def abandon(self) -> None:
         """The call was cancelled before it answered: let another caller probe."""
         self._probing = False
 
-    def _enter(self, state: BreakerState) -> None:
-        self._state = state
-        self.closed = state is BreakerState.CLOSED
-
     def _open(self) -> None:
-        if self._state is BreakerState.CLOSED:
+        if self.state is BreakerState.CLOSED:
             log.error(
                 "rate-limit storage failing: circuit open, storage.on_failure applies",
                 extra={"cooldown_s": self._cooldown},
             )
-        self._enter(BreakerState.OPEN)
+        self.state = BreakerState.OPEN
         self._open_until = self._clock() + self._cooldown
         self._probing = False
         self._failures = 0

@@ -77,12 +77,10 @@ def policy_value(quotas: Sequence[Quota]) -> bytes:
 
 
 def ratelimit_value(quotas: Sequence[Quota], states: Sequence[LimitState]) -> bytes:
-    """The ``RateLimit`` value: one item per policy with what remains and when it resets."""
-    if len(quotas) == 1:  # the common case, without a generator
-        state = states[0]
-        return (
-            f"{sf_string(quotas[0].name)};r={state.remaining};t={-(-state.reset_ms // 1000)}"
-        ).encode("ascii")
+    """The ``RateLimit`` value: one item per policy with what remains and when it resets.
+
+    (A lone policy with ``ietf`` headers is rendered by the limiter from pre-rendered parts.)
+    """
     return ", ".join(
         f"{sf_string(q.name)};r={s.remaining};t={seconds_up(s.reset_ms)}"
         for q, s in zip(quotas, states, strict=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from apigate.config.model import Config, RateLimitPolicy
 from apigate.identity import Caller
 from apigate.ratelimit import headers as hdr
+from apigate.ratelimit.breaker import BreakerState
 from apigate.ratelimit.guard import StorageGuard
 from apigate.ratelimit.keys import CostError, request_cost, request_key, storage_key
 from apigate.ratelimit.overlimit import RECHECK_S, Denial
@@ -200,21 +201,17 @@ class RateLimiter:
             cached = self._cached_denial(plan.planned)
             if cached is not None:
                 return cached
-        if not rt.breaker.closed:
+        if rt.breaker.state is not BreakerState.CLOSED:
             return None
         future = rt.storage.submit(plan.specs)
         return None if future is None else (plan, future)
 
     def conclude(self, plan: _Plan, outcome: Outcome) -> Verdict:
         """The verdict once storage answered a decision :meth:`begin` sent."""
-        breaker = self._rt.breaker
-        if not breaker.healthy:
-            breaker.success()
+        self._rt.breaker.success()
         one = plan.one
         if one is not None and outcome.allowed:  # a lone policy allowed: the common answer
-            state = outcome.states[0]
-            rendered = b"%s%d;t=%d" % (one[1], state.remaining, -(-state.reset_ms // 1000))
-            headers = (one[0], (b"RateLimit", rendered))
+            headers = _one_policy_headers(one, outcome.states[0])
             return Verdict(True, 200, "allowed", None, headers, None, plan.planned[0].name)
         return self._verdict(plan.planned, outcome, local=False)
 
@@ -386,12 +383,8 @@ class RateLimiter:
         if mode == "none":
             return ()
         if mode == "ietf" and len(real) == 1:  # the common case, from pre-rendered parts
-            policy_header, prefix = self._one_policy(real[0])
-            if states is None:
-                return (policy_header,)
-            state = states[0]
-            rendered = b"%s%d;t=%d" % (prefix, state.remaining, -(-state.reset_ms // 1000))
-            return (policy_header, (b"RateLimit", rendered))
+            parts = self._one_policy(real[0])
+            return (parts[0],) if states is None else _one_policy_headers(parts, states[0])
         names = tuple(p.name for p in real)
         quotas = self._quotas.get(names)
         if quotas is None:
@@ -436,6 +429,14 @@ class RateLimiter:
 
 
 _PLANNED_MAX = 10_000
+
+
+def _one_policy_headers(
+    parts: tuple[hdr.Header, bytes], state: LimitState
+) -> tuple[hdr.Header, ...]:
+    """``RateLimit-Policy`` and ``RateLimit`` of a lone policy from its pre-rendered parts."""
+    rendered = b"%s%d;t=%d" % (parts[1], state.remaining, hdr.seconds_up(state.reset_ms))
+    return (parts[0], (b"RateLimit", rendered))
 
 
 def _remaining(pair: tuple[_Planned, LimitState]) -> int:

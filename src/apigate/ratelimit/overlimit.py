@@ -31,11 +31,7 @@ class OverLimitCache:
     def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self._max = max_keys
         # Read directly on the hot path: empty means no key is known to be over its limit.
-        # Read directly on the hot path: empty means no key is known to be over its limit.
         self.denials: OrderedDict[str, Denial] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self.denials)
 
     def remember(self, key: str, denial: Denial) -> None:
         self.denials[key] = denial

@@ -84,8 +84,6 @@ class RedisStorage(Storage):
         self.batcher = DecisionBatcher(
             client, DECIDE, parse_group, _CODE, timeout_s=self._timeout_s
         )
-        # The request path calls the batcher without a frame of this class in between.
-        self.submit = self.batcher.submit  # type: ignore[method-assign]
 
     @classmethod
     def from_config(cls, config: StorageConfig) -> RedisStorage:
@@ -109,8 +107,7 @@ class RedisStorage(Storage):
         return await self.batcher.submit(specs)
 
     def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome]:
-        """``decide`` as a bare future (see ``Storage.submit``; replaced per instance by the
-        batcher's own ``submit``)."""
+        """``decide`` as a bare future (see ``Storage.submit``)."""
         return self.batcher.submit(specs)
 
     def observe_with(self, hook: Callable[[float], None] | None) -> None:
