@@ -41,17 +41,6 @@ class _Outcome:
 
 # Routes without auth or limits never look at the caller; they share this one.
 _ANONYMOUS = Caller("")
-# Callers known only by address are immutable: one per client address, reused (bounded).
-_BY_ADDRESS: dict[str, Caller] = {}
-_BY_ADDRESS_MAX = 10_000
-
-
-def _caller(client_ip: str) -> Caller:
-    """A new caller for ``client_ip``, kept for the next request from that address."""
-    if len(_BY_ADDRESS) >= _BY_ADDRESS_MAX:
-        _BY_ADDRESS.clear()
-    caller = _BY_ADDRESS[client_ip] = Caller(client_ip)
-    return caller
 
 
 class Gateway:
@@ -87,7 +76,7 @@ class Gateway:
                 update_request(consumer=caller.consumer)
                 policies = runtime.policies_for(route, caller)
             elif route.rate_limits:  # known by address only: the route's own limits
-                caller = _BY_ADDRESS.get(client_ip) or _caller(client_ip)
+                caller = Caller(client_ip)
                 policies = route.rate_limits
             else:  # neither auth nor limits: nothing looks at the caller
                 caller, policies = _ANONYMOUS, ()

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
+
+# Callers without JWT claims share one read-only empty mapping (no dict per request).
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
+
+
+def _no_claims() -> Mapping[str, Any]:
+    return _NO_CLAIMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,4 +26,4 @@ class Caller:
 
     client_ip: str
     consumer: str | None = None
-    claims: Mapping[str, Any] = field(default_factory=dict)
+    claims: Mapping[str, Any] = field(default_factory=_no_claims)

@@ -153,11 +153,11 @@ class RateLimiter:
         headers: Mapping[str, str],
     ) -> Verdict:
         """Decide one request; ``headers`` has lower-case names."""
-        planned = self._plan_or_verdict(route, policy_names, caller, headers)
-        if isinstance(planned, Verdict):
-            return planned
-        real = [p for p in planned if not p.policy.shadow]
-        shadow = [p for p in planned if p.policy.shadow]
+        plan = self._plan_for(route, policy_names, caller, headers)
+        if isinstance(plan, Verdict):
+            return plan
+        real = [p for p in plan.planned if not p.policy.shadow]
+        shadow = [p for p in plan.planned if p.policy.shadow]
         if not shadow:
             return await self._enforce(real)
         verdict, would_limit = await asyncio.gather(self._enforce(real), self._shadow(shadow))
@@ -180,20 +180,9 @@ class RateLimiter:
         when this request needs the general path, ``await check(...)`` (shadow policies, an
         open circuit, a storage without ``submit``).
         """
-        memo = (policy_names, caller.client_ip, caller.consumer, route)
-        plan = self._plans.get(memo)
-        if plan is None:
-            planned = self._plan_or_verdict(route, policy_names, caller, headers)
-            if isinstance(planned, Verdict):
-                return planned
-            one = None
-            if len(planned) == 1 and self._config.rate_limit_headers == "ietf":
-                one = self._one_policy(planned[0])
-            plan = _Plan(planned, one)
-            if all(self._memoizable.get(name, True) for name in policy_names):
-                if len(self._plans) >= _PLANNED_MAX:
-                    self._plans.clear()
-                self._plans[memo] = plan
+        plan = self._plan_for(route, policy_names, caller, headers)
+        if isinstance(plan, Verdict):
+            return plan
         if plan.shadow:
             return None
         rt = self._rt
@@ -261,15 +250,30 @@ class RateLimiter:
 
     # -- the request path -------------------------------------------------------------------
 
-    def _plan_or_verdict(
+    def _plan_for(
         self, route: str, names: Sequence[str], caller: Caller, headers: Mapping[str, str]
-    ) -> list[_Planned] | Verdict:
-        """The plan, or the verdict that needs none: 400 for a bad cost, unlimited."""
+    ) -> _Plan | Verdict:
+        """The request's plan (memoized per client when its keys allow), or the verdict that
+        needs none: 400 for a bad cost, unlimited."""
+        memo = (tuple(names), caller.client_ip, caller.consumer, route)
+        plan = self._plans.get(memo)
+        if plan is not None:
+            return plan
         try:
             planned = self._plan(route, names, caller, headers)
         except CostError as exc:
             return Verdict(False, 400, "bad_request", error=str(exc))
-        return planned if planned else _UNLIMITED
+        if not planned:
+            return _UNLIMITED
+        one = None
+        if len(planned) == 1 and self._config.rate_limit_headers == "ietf":
+            one = self._one_policy(planned[0])
+        plan = _Plan(planned, one)
+        if all(self._memoizable.get(name, True) for name in names):
+            if len(self._plans) >= _PLANNED_MAX:
+                self._plans.clear()
+            self._plans[memo] = plan
+        return plan
 
     def _plan(
         self, route: str, names: Sequence[str], caller: Caller, headers: Mapping[str, str]
@@ -360,7 +364,7 @@ class RateLimiter:
             now = self._rt.clock()
             for p, s in denied:
                 until = now + s.retry_after_ms / 1000
-                denial = Denial(until, p.spec.cost, p.name, recheck_s=now + RECHECK_S)
+                denial = Denial(until, p.spec.cost, recheck_s=now + RECHECK_S)
                 self._rt.cache.remember(p.spec.key, denial)
         decision = "local_limited" if local else "limited"
         return self._rejected(real, states, binding.name, retry_ms, decision)

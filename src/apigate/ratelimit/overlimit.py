@@ -21,12 +21,11 @@ RECHECK_S = 1.0
 class Denial:
     until_s: float  # when the request would be allowed, on the limiter's clock
     cost: int
-    policy: str
-    recheck_s: float = float("inf")  # when to stop trusting this entry and ask storage
+    recheck_s: float  # when to stop trusting this entry and ask storage
 
 
 class OverLimitCache:
-    """A bounded LRU of ``storage key -> Denial``."""
+    """A bounded map of ``storage key -> Denial``; the least recently remembered goes first."""
 
     def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self._max = max_keys

@@ -88,7 +88,8 @@ class Storage(ABC):
 
         For the request path, which then awaits one bare future instead of a chain of
         coroutines. Only a storage with ``bounds_own_calls`` offers it (the future fails with
-        StorageError within ``storage.timeout_ms``); ``specs`` must not be empty.
+        StorageError within ``storage.timeout_ms``, or is done at once); ``specs`` must not be
+        empty.
         """
         return None
 

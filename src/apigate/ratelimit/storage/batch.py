@@ -68,7 +68,6 @@ class DecisionBatcher:
         # so a loop that stopped before running the flush cannot leave the batcher stuck.
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.batches = 0
         # Called with the seconds each batch took from its write to its reply (metrics).
         self.observe: Callable[[float], None] | None = None
 
@@ -128,7 +127,6 @@ class DecisionBatcher:
             *self._key_parts, *self._arg_parts,
         ))
         self._key_parts, self._arg_parts, self._arg_count, self._waiters = [], [], 0, []
-        self.batches += 1
         # Already at the end of the tick (or a full batch): write now, not one tick later.
         sink = _BatchReply(self, waiters, len(waiters) + 3 * keys)
         if not self._client.try_send_packed_now(data, sink, self._timeout_s):

@@ -1,6 +1,7 @@
 """One lazily (re)connected RESP connection with deadlines, back-off and EVALSHA.
 
-The hot path is ``execute``: no lock, no task, one future per command. Connecting happens in a
+The hot paths (``try_send_packed_now`` for decision batches, ``run_script`` on an open
+connection) take no lock and start no task. Connecting happens in a
 shielded task that callers wait on for at most their own remaining time, so a slow or hung
 server never holds a caller past its deadline.
 """

@@ -8,6 +8,7 @@ swept a few at a time on every call, so memory stays bounded by the live keys.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import time
 from collections.abc import Callable, Sequence
@@ -71,6 +72,7 @@ class MemoryStorage(Storage):
         self._clock = clock or wall_clock_ms()
         self._entries: dict[str, _Entry] = {}
         self._expiry: list[tuple[int, str]] = []  # one (deadline, key) per entry, lazy
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_config(cls, config: StorageConfig) -> MemoryStorage:
@@ -83,6 +85,19 @@ class MemoryStorage(Storage):
 
     async def decide(self, specs: Sequence[LimitSpec]) -> Outcome:
         """Check all specs; charge all iff all allow (no await inside: atomic)."""
+        return self._decide(specs)
+
+    def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome]:
+        """``decide`` as a future that is already done (see ``Storage.submit``)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            # asyncio.get_running_loop() costs a getpid() syscall per call: look it up once.
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        future.set_result(self._decide(specs))
+        return future
+
+    def _decide(self, specs: Sequence[LimitSpec]) -> Outcome:
         now = self._clock()
         self.sweep(now, SWEEP_BATCH)
         checks = [self._check(spec, now) for spec in specs]

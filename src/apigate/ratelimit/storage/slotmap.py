@@ -57,7 +57,6 @@ class SlotMap:
         self._clients: dict[tuple[str, int], RespClient] = {}
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = float("-inf")
-        self.refreshes = 0
 
     def endpoint(self, address: str) -> Endpoint:
         """``"127.0.0.1:7001"`` -> that node's Endpoint with the cluster's login."""
@@ -73,11 +72,6 @@ class SlotMap:
             )
             self._clients[(node.host, node.port)] = client
         return client
-
-    @property
-    def writes(self) -> int:
-        """Socket writes made by every node client so far."""
-        return sum(client.writes for client in self._clients.values())
 
     async def master(self, slot: int, deadline: float) -> Endpoint:
         """The master serving ``slot``; reads the map first if it has never been read."""
@@ -136,7 +130,6 @@ class SlotMap:
             task.exception()  # retrieved: a failed background refresh is not an error by itself
 
     async def _refresh(self) -> None:
-        self.refreshes += 1
         candidates = {(n.host, n.port): n for n in self._owner if n is not None}
         for seed in self._seeds:
             candidates.setdefault((seed.host, seed.port), seed)

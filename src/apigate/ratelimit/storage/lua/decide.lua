@@ -34,6 +34,12 @@ local function win_key(key, idx)
   return key .. ':' .. string.format('%d', idx)
 end
 
+-- A spec's numbers (tonumber'd, nil when not a number) are usable.
+local function valid(alg, limit, w, burst, cost)
+  return alg and alg >= FIXED and alg <= TOKEN and limit and limit >= 1 and w and w >= 1
+    and burst and burst >= 0 and cost and cost >= 0
+end
+
 -- Smallest t >= 0 with est(now + t) + cost <= limit for a sliding window, assuming no other
 -- charge; capped at reset + W (where the current window has fully slid out).
 local function sliding_retry(limit, w, cost, prev, curr, elapsed, reset)
@@ -91,8 +97,7 @@ local function decide(k0, a0, n, mode, out)
     local b = a0 + 5 * (i - 1)
     local alg, limit, w = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
     local burst, cost = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
-    if not alg or alg < FIXED or alg > TOKEN or not limit or limit < 1 or not w or w < 1
-        or not burst or burst < 0 or not cost or cost < 0 then
+    if not valid(alg, limit, w, burst, cost) then
       specs = nil
       break
     end
@@ -212,8 +217,7 @@ end
 -- taken back when the check fails; the bucket is read, then written only if it allows.
 -- Returns false for a sliding_log spec or a bad one (decide() answers those).
 local function decide_one(key, alg, limit, w, burst, cost, out, o)
-  if not alg or alg == LOG or alg < FIXED or alg > TOKEN or not limit or limit < 1 or not w
-      or w < 1 or not burst or burst < 0 or not cost or cost < 0 then
+  if alg == LOG or not valid(alg, limit, w, burst, cost) then
     return false
   end
   if alg == TOKEN then
