@@ -119,6 +119,8 @@ class JwtVerifier:
         subject = claims.get(self._cfg.consumer_claim)
         if not isinstance(subject, str) or not subject:
             raise TokenRejected(f"no {self._cfg.consumer_claim} claim")
+        if not subject.isprintable():  # it becomes x-consumer upstream: no CR, LF or controls
+            raise TokenRejected(f"bad {self._cfg.consumer_claim} claim")
         return claims
 
     async def _key_for(self, kid: str | None, alg: str) -> PyJWK | bytes:
