@@ -211,8 +211,8 @@ class UpstreamConnection(asyncio.Protocol):
         keep_alive = parser.should_keep_alive()
         no_body = exchange.head_only or status in (204, 304) or status == 101
         exchange.body_until_eof = not no_body and content_length is None and not chunked
-        if exchange.body_until_eof or not keep_alive:
-            self.reusable = False
+        if exchange.body_until_eof or not keep_alive or status == 101:
+            self.reusable = False  # after a 101 the connection speaks another protocol
         head = ResponseHead(
             status, parser.get_http_version(), self._headers, content_length, keep_alive
         )

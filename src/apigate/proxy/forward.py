@@ -178,9 +178,9 @@ class Forwarder:
         length = None if exchange.body_until_eof or head.status == 101 else head.content_length
         if head.content_length is None and request.method == "HEAD":
             length = None
-        writer.start(head.status, headers, content_length=length)
         if head.status == 101:
             writer.close = True  # a 101 the client did not ask for: nothing sane follows
+        writer.start(head.status, headers, content_length=length)
         done = exchange.done
         if done.done() and done.exception() is None:
             # The whole response came with its head (the common small response): no sink.

@@ -222,6 +222,31 @@ def test_request_trailers_are_not_forwarded_as_headers(
     assert request.trailers == []
 
 
+def test_unasked_101_closes_the_client_and_is_never_pooled(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """A 101 to a request without Upgrade ends the client connection (Connection: close) and
+    its upstream connection, which now speaks another protocol, is not reused."""
+
+    async def reply(conn: UpstreamConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == "/switch":
+                await conn.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\n\r\n")
+                while await conn.read_some():  # whatever follows is not HTTP: never answered
+                    pass
+                return
+            await conn.respond(200, b"next")
+
+    scripted.reset(reply)
+    with RawClient(gateway.port) as client:
+        response = client.request(get("/switch"))
+        assert response.status == 101
+        assert (response.header("connection") or "").lower() == "close"
+    with RawClient(gateway.port) as client:
+        after = client.request(get("/after"))
+        assert (after.status, after.body) == (200, b"next")
+
+
 def test_upgrade_is_tunnelled_both_ways_after_101(
     gateway: Gateway, scripted: ScriptedUpstream
 ) -> None:
