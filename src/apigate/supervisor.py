@@ -153,10 +153,14 @@ class Supervisor:
             log.error("config reload refused: %s", exc)
             return False, str(exc)
         old = self._runtime
-        self._runtime = build_runtime(
-            config, metrics=NullMetrics(), instance_id=f"{socket.gethostname()}:admin",
-            previous=old,
-        )
+        try:
+            self._runtime = build_runtime(
+                config, metrics=NullMetrics(), instance_id=f"{socket.gethostname()}:admin",
+                previous=old,
+            )
+        except ConfigError as exc:  # as the workers refuse it: nothing changes
+            log.error("config reload refused: %s", exc)
+            return False, str(exc)
         await self._runtime.auth.start()
         if old is not None:
             await old.auth.aclose()

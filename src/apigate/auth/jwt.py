@@ -198,6 +198,20 @@ def _reason(exc: pyjwt.PyJWTError) -> str:
     return next((text for kind, text in reasons if isinstance(exc, kind)), "invalid token")
 
 
+def key_problems(cfg: JwtAuth) -> list[tuple[str, str]]:
+    """What is wrong with the configured secret or JWKS file, for config validation: a key
+    the gateway could not use is refused when the file is loaded, not when it is applied."""
+    problems: list[tuple[str, str]] = []
+    checks = ((_checked_secret, cfg.secret), (_read_jwks_file, cfg.jwks_file))
+    for check, configured in checks:
+        if configured:
+            try:
+                check(cfg)
+            except ConfigError as exc:
+                problems += exc.problems
+    return problems
+
+
 def _checked_secret(cfg: JwtAuth) -> bytes:
     secret = (cfg.secret or "").encode("utf-8")
     need = max(_MIN_SECRET_BYTES[a] for a in cfg.algorithms)
@@ -211,7 +225,8 @@ def _checked_secret(cfg: JwtAuth) -> bytes:
 
 
 def _read_jwks_file(cfg: JwtAuth) -> KeySet:
-    """Read at build time, i.e. during config load, never on the request path."""
+    """Read when the authenticator is built (and once by config validation), never on the
+    request path."""
     path = cfg.jwks_file or ""
     try:
         keys = KeySet.parse(Path(path).read_bytes(), cfg.algorithms)

@@ -174,6 +174,10 @@ def check_references(config: Config) -> Iterable[tuple[str, str]]:
     jwt = config.auth.jwt
     if jwt is not None and jwt.jwks_file and not os.path.isfile(jwt.jwks_file):
         yield "auth.jwt.jwks_file", f"no such file {jwt.jwks_file!r}"
+    elif jwt is not None:
+        from apigate.auth.jwt import key_problems  # noqa: PLC0415 (auth builds on config)
+
+        yield from key_problems(jwt)
 
 
 def memory_workers_problem(workers: int | str) -> str | None:

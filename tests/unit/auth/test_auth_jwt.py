@@ -256,3 +256,16 @@ def test_jwks_file_without_usable_key_is_a_config_error(
     config = make_config(jwt={"algorithms": ["RS256"]}, jwks=[ec_key.jwk])
     with pytest.raises(ConfigError, match="no key usable"):
         make_auth(config)
+
+
+def test_unusable_jwks_file_is_refused_when_the_config_is_loaded(
+    tmp_path: Any, ec_key: Any,
+) -> None:
+    """`apigate check` and reloads see the same refusal as building the Authenticator."""
+    from apigate.config import ConfigError, load_config
+
+    (tmp_path / "keys.json").write_text(json.dumps({"keys": [ec_key.jwk]}))
+    path = tmp_path / "apigate.yaml"
+    path.write_text("auth:\n  jwt:\n    algorithms: [RS256]\n    jwks_file: keys.json\n")
+    with pytest.raises(ConfigError, match=r"apigate\.yaml: auth\.jwt\.jwks_file: .*no key usable"):
+        load_config(path, env={})

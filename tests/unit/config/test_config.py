@@ -53,9 +53,10 @@ def test_variables_in_comments_are_ignored() -> None:
 def test_secret_comes_from_the_environment() -> None:
     """A JWT secret written as ``${JWT_SECRET}`` is read from the environment."""
     text = 'auth:\n  jwt:\n    algorithms: ["HS256"]\n    secret: "${JWT_SECRET}"\n'
-    config = parse_config(text, source="t.yaml", env={"JWT_SECRET": "s3cr3t-value"})
+    secret = "s3cr3t-value-from-the-environment-32b"  # HS256 needs 32 bytes or more
+    config = parse_config(text, source="t.yaml", env={"JWT_SECRET": secret})
     assert config.auth.jwt is not None
-    assert config.auth.jwt.secret == "s3cr3t-value"
+    assert config.auth.jwt.secret == secret
 
 
 def test_example_config_loads_with_its_documented_shape() -> None:
