@@ -64,6 +64,17 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _worker_count(text: str) -> int:
+    """``--workers``: the same range as ``server.workers`` (argparse names the option)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError("workers must be between 1 and 256")
+    return count
+
 def _hash_key(args: argparse.Namespace) -> int:
     from apigate.auth.api_key import hash_key
 
@@ -80,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the gateway (supervisor + workers)")
     run.add_argument("--config", help="config file (default: $APIGATE_CONFIG)")
-    run.add_argument("--workers", type=int, help="worker processes (overrides server.workers)")
+    run.add_argument("--workers", type=_worker_count,
+                     help="worker processes, 1 to 256 (overrides server.workers)")
     run.add_argument("--watch", action="store_true",
                      help="reload when the config file changes (as SIGHUP does)")
     run.add_argument("--demo-upstream", metavar="HOST:PORT",

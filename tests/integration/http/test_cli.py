@@ -58,3 +58,12 @@ def test_version_prints_the_package_version(tmp_path: Path) -> None:
     result = run("version", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.strip() == apigate.__version__
+
+
+def test_run_refuses_a_worker_count_out_of_range(tmp_path: Path) -> None:
+    """``apigate run --workers 0`` is a usage error before anything starts (exit 2)."""
+    (tmp_path / "good.yaml").write_text(GOOD)
+    for value in ("0", "-1", "257", "many"):
+        result = run("run", "--config", "good.yaml", "--workers", value, cwd=tmp_path)
+        assert result.returncode == 2
+        assert "argument --workers: workers must be between 1 and 256" in result.stderr
