@@ -27,6 +27,8 @@ import httptools
 from apigate.admin.types import AdminError, AdminRequest, AdminResponse, AdminRoute, Handler
 
 log = logging.getLogger(__name__)
+# Room over max_head_bytes for the request line and field separators of a split head.
+_HEAD_SLACK = 1024
 
 Headers = tuple[tuple[str, str], ...]
 _MAX_PIPELINED = 16  # queued requests per connection before reading pauses
@@ -223,6 +225,7 @@ class AdminConnection(asyncio.Protocol):
         self._failed = False
         self._in_head = False
         self._head_bytes = 0
+        self._head_raw = 0
         self._url = b""
         self._body = bytearray()
         self._expect_continue = False
@@ -247,7 +250,11 @@ class AdminConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
             if was_in_head and self._in_head:  # a head spread over several reads
-                self._count_head(len(data))
+                # Counted apart from the parsed fields (those bytes are counted there too):
+                # this bounds what the parser holds before a callback.
+                self._head_raw += len(data)
+                if self._head_raw > self._server.max_head_bytes + _HEAD_SLACK:
+                    raise _Reject(431, "request header fields too large")
         except _Reject as exc:
             self._fail(exc.status, exc.message)
         except httptools.HttpParserCallbackError as exc:
@@ -262,7 +269,7 @@ class AdminConnection(asyncio.Protocol):
     # -- llhttp callbacks --
 
     def on_message_begin(self) -> None:
-        self._in_head, self._head_bytes, self._url = True, 0, b""
+        self._in_head, self._head_bytes, self._head_raw, self._url = True, 0, 0, b""
         self._body = bytearray()
         self._expect_continue = False
 

@@ -86,7 +86,10 @@ class HttpConnection(asyncio.Protocol):
         # parse state of the request whose head or body is arriving
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # the head's URL and fields as parsed (limit: max_header_bytes)
+        # Bytes of the reads that continued an open head (limit: max_header_bytes + _HEAD_SLACK):
+        # they bound what the parser holds before a callback, such as a long field name.
+        self._head_raw = 0
         self._in_head = False
         self._parsing: Request | None = None
         self._upgrade_data: bytearray | None = None
@@ -216,7 +219,9 @@ class HttpConnection(asyncio.Protocol):
         if now < self._deadline:
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
             return
-        if self._deadline_kind == "header" and not self._queue and self._head_bytes:
+        if self._deadline_kind == "header" and not self._queue and (
+            self._head_bytes or self._head_raw
+        ):
             self._reject(HttpError(408, "request head not received in time", close=True))
         else:
             self.close()
@@ -232,7 +237,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._closing:
             return
-        if not self._in_head and not self._queue:
+        continues_head = self._in_head
+        if not continues_head and not self._queue:
             self._arm(self._limits.header_timeout_s, "header")
         try:
             self._parser.feed_data(data)
@@ -246,16 +252,16 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._reject(HttpError(400, f"malformed request: {exc}", close=True))
         else:
-            if self._in_head:
-                self._head_bytes += len(data)
-                if self._head_bytes > self._limits.max_header_bytes + _HEAD_SLACK:
+            if continues_head and self._in_head:
+                self._head_raw += len(data)
+                if self._head_raw > self._limits.max_header_bytes + _HEAD_SLACK:
                     self._reject(HttpError(431, "request head too large", close=True))
 
     def on_message_begin(self) -> None:
         self._in_head = True
         self._url = b""
         self._headers = []
-        self._head_bytes = 0
+        self._head_bytes = self._head_raw = 0
         if not self._queue:
             self._arm(self._limits.header_timeout_s, "header")
 
@@ -276,7 +282,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_bytes = 0
+        self._head_bytes = self._head_raw = 0
         request = self._build_request()
         self._parsing = request
         writer = ResponseWriter(self, request)

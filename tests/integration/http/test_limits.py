@@ -66,6 +66,34 @@ def test_request_head_over_max_header_bytes_is_431(
     assert sink.bytes_received == 0
 
 
+def test_head_under_the_limit_spread_over_reads_is_accepted(
+    gateway: Gateway, sink: ScriptedUpstream
+) -> None:
+    """A 900-byte head (limit 1024) arriving in two reads is served: each byte counts once."""
+    data = get("/", extra=f"X-Pad: {'p' * (900 - len(get('/')) - 9)}\r\n")
+    assert 880 <= len(data) <= 920
+    with RawClient(gateway.port) as client:
+        client.send(data[:500])
+        time.sleep(0.1)  # a read of its own
+        client.send(data[500:])
+        assert client.read_response().status == 200
+
+
+def test_endless_field_name_in_small_reads_is_431(gateway: Gateway, sink: ScriptedUpstream) -> None:
+    """A field name that never ends, sent 100 bytes at a time, is cut off with 431."""
+    with RawClient(gateway.port) as client:
+        client.send(b"GET / HTTP/1.1\r\nHost: gw.test\r\nX")
+        for _ in range(60):  # 6,000 bytes at most: well past 1024 + the slack
+            time.sleep(0.01)
+            try:
+                client.send(b"n" * 100)
+            except OSError:
+                break
+        response = client.read_response()
+        assert response.status == 431, response.body
+    assert sink.bytes_received == 0
+
+
 def test_content_length_over_max_body_bytes_is_413_before_the_body(
     gateway: Gateway, sink: ScriptedUpstream
 ) -> None:
