@@ -130,7 +130,7 @@ class DecisionBatcher:
         # Already at the end of the tick (or a full batch): write now, not one tick later.
         sink = _BatchReply(self, waiters, len(waiters) + 3 * keys)
         if not self._client.try_send_packed_now(data, sink, self._timeout_s):
-            self._via_task(waiters)  # not connected: connect (within the timeout) first
+            self._via_task(waiters, self._timeout_s)  # not connected: connect first
 
     def _command(self, waiters: list[Waiter]) -> Command:
         """The batch as an EVALSHA argument tuple (for the slow path through run_script)."""
@@ -144,10 +144,10 @@ class DecisionBatcher:
             args.append(0)
         return (_EVALSHA, self._script.sha, len(keys), *keys, *args)
 
-    def _via_task(self, waiters: list[Waiter]) -> None:
+    def _via_task(self, waiters: list[Waiter], timeout_s: float) -> None:
         started = time.perf_counter()
         task = asyncio.get_running_loop().create_task(self._client.run_script(
-            self._script, self._command(waiters), timeout_s=self._timeout_s
+            self._script, self._command(waiters), timeout_s=timeout_s
         ))
         task.add_done_callback(lambda done: self._task_done(done, waiters, started))
 
@@ -203,8 +203,10 @@ class _BatchReply:
         self._done = True
         self._observe()
         if isinstance(exception, ReplyError) and str(exception).startswith("NOSCRIPT"):
-            # The server lost its scripts (restart, SCRIPT FLUSH): run_script loads and retries.
-            self._batcher._via_task(self._waiters)
+            # The server lost its scripts (restart, SCRIPT FLUSH): run_script loads and retries,
+            # within what is left of the batch's deadline.
+            left = self._batcher._timeout_s - (time.perf_counter() - self._sent_at)
+            self._batcher._via_task(self._waiters, max(left, 0.0))
         else:
             _fail(self._waiters, exception)
 

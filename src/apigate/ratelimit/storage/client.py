@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -119,13 +120,17 @@ class RespClient:
         """Send a ready ``EVALSHA <script.sha> ...`` command; reload the script on NOSCRIPT."""
         conn = self._conn
         if conn is not None and conn.usable and not asking:  # the hot path: no extra frames
+            deadline = time.monotonic() + timeout_s
             try:
                 return await conn.send(command, timeout_s)
             except ReplyError as exc:
                 self._check_role(exc)
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-            return await self._reload_and_run(script, command, timeout_s, asking)
+            left = deadline - time.monotonic()  # the reload shares the caller's deadline
+            if left <= 0:
+                raise StorageError("redis did not answer in time")
+            return await self._reload_and_run(script, command, left, asking)
         deadline = asyncio.get_running_loop().time() + timeout_s
         send = self.execute_asking if asking else self.execute
         try:
