@@ -226,25 +226,17 @@ class Supervisor:
     # -- admin plane ------------------------------------------------------------------------
 
     def _build_admin(self) -> AdminServer:
-        def limiter() -> object:
-            assert self._runtime is not None
-            return self._runtime.limiter
-
-        def auth() -> object:
-            assert self._runtime is not None
-            return self._runtime.auth
-
         async def usage(policy: str, key: str) -> dict[str, object]:
-            assert self._runtime is not None
-            return await self._runtime.limiter.usage(policy, key)
+            with ratelimit_api.admin_errors(policy):  # storage down: 503, as for a key
+                return await self._current().limiter.usage(policy, key)
 
         async def reset(policy: str, key: str) -> None:
-            assert self._runtime is not None
-            await self._runtime.limiter.reset(policy, key)
+            with ratelimit_api.admin_errors(policy):
+                await self._current().limiter.reset(policy, key)
 
         routes: list[AdminRoute] = [("POST", "/admin/reload", self._admin_reload)]
-        routes += ratelimit_api.admin_routes(limiter)  # type: ignore[arg-type]
-        routes += consumers_api.admin_routes(auth, usage, reset)  # type: ignore[arg-type]
+        routes += ratelimit_api.admin_routes(lambda: self._current().limiter)
+        routes += consumers_api.admin_routes(lambda: self._current().auth, usage, reset)
         return AdminServer(
             routes,
             health=lambda: True,

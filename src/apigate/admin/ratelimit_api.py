@@ -30,7 +30,7 @@ def _params(request: AdminRequest) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def _admin_errors(policy: str) -> Iterator[None]:
+def admin_errors(policy: str) -> Iterator[None]:
     """Limiter errors as admin answers: unknown policy 404, bad key 400, storage down 503."""
     try:
         yield
@@ -51,12 +51,12 @@ def admin_routes(get_limiter: Callable[[], RateLimiter]) -> list[AdminRoute]:
 
     async def usage(request: AdminRequest) -> AdminResponse:
         policy, key = _params(request)
-        with _admin_errors(policy):
+        with admin_errors(policy):
             return AdminResponse.of(await get_limiter().usage(policy, key))
 
     async def reset(request: AdminRequest) -> AdminResponse:
         policy, key = _params(request)
-        with _admin_errors(policy):
+        with admin_errors(policy):
             await get_limiter().reset(policy, key)
         return AdminResponse.of({"policy": policy, "key": key, "reset": True})
 

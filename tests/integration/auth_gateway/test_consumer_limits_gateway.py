@@ -104,3 +104,22 @@ def test_consumer_usage_of_unknown_consumer_is_404(gateway: Gateway) -> None:
     """The admin usage endpoint answers 404 for a consumer that does not exist."""
     status, body = admin(gateway, "GET", "/admin/consumers/usage?name=nobody")
     assert status == 404, body
+
+
+def test_consumer_usage_with_redis_down_is_503(
+    upstream: ScriptedUpstream, fresh_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The consumers admin API answers a dead Redis like the rate-limit one: 503, not 500."""
+    config = quiet_config(
+        {"up": upstream.url},
+        [route("metered", "/metered", "up", auth="api_key")],
+        storage={"url": fresh_redis.url, "timeout_ms": 200, "on_failure": "closed"},
+        rate_limits={"acme-quota": {"limit": QUOTA, "window": "1d", "algorithm": "fixed_window",
+                                    "key": "consumer"}},
+        consumers={"acme": {"api_keys": [hash_key(ACME_KEY)], "rate_limits": ["acme-quota"]}},
+    )
+    with running_gateway(config, tmp_path_factory.mktemp("quota-down")) as gw:
+        fresh_redis.kill()
+        for path in ("/admin/consumers/usage?name=acme", "/admin/consumers/reset?name=acme"):
+            status, body = admin(gw, "GET" if "usage" in path else "POST", path)
+            assert (status, body) == (503, {"error": "rate-limit storage unavailable"}), path
