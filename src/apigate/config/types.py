@@ -110,7 +110,22 @@ def parse_storage_url(value: object) -> str:
         raise ValueError(f"bad storage URL {value!r}: no host")
     if scheme == "redis+sentinel" and len(rest.split("/", 1)) < 2:
         raise ValueError(f"bad storage URL {value!r}: name the master: .../mymaster")
+    if scheme != "memory":
+        _check_with_the_storage_parser(scheme, value)
     return value
+
+
+def _check_with_the_storage_parser(scheme: str, value: str) -> None:
+    """Parse the URL as the storage will when the gateway starts (ports, db, CA file...)."""
+    # Imported here: the storage modules build on this config package.
+    from apigate.ratelimit.storage import resp, sentinel, slotmap  # noqa: PLC0415
+
+    parsers = {"redis+sentinel": sentinel.parse_sentinel_url,
+               "redis+cluster": slotmap.parse_cluster_url}
+    try:
+        parsers.get(scheme, resp.endpoint_from_url)(value)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"bad storage URL {value!r}: {exc}") from None
 
 
 StorageUrl = Annotated[str, BeforeValidator(parse_storage_url)]
