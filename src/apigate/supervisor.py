@@ -23,6 +23,7 @@ from apigate.admin.server import AdminServer, default_dashboard
 from apigate.admin.types import AdminRequest, AdminResponse, AdminRoute
 from apigate.config import Config, ConfigError, load_config
 from apigate.observability import metrics as metrics_module
+from apigate.observability.logging import configure_logging
 from apigate.observability.metrics import NullMetrics
 from apigate.runtime import Runtime, build_runtime
 from apigate.worker import listen_socket
@@ -166,6 +167,8 @@ class Supervisor:
             await old.auth.aclose()
             if old.limiter is not self._runtime.limiter and old.config.storage != config.storage:
                 await old.limiter.aclose()
+        if config.observability.log_level != self._config.observability.log_level:
+            configure_logging(config.observability.log_level)
         self._config = config
         self._signal_workers(signal.SIGHUP)
         log.info("config reloaded")

@@ -112,6 +112,8 @@ class Worker:
             return False
         if config.server.listen != self._config.server.listen:
             log.warning("server.listen changed: it takes effect after a restart")
+        if config.observability.log_level != self._config.observability.log_level:
+            configure_logging(config.observability.log_level)
         await new.limiter.start()
         await new.auth.start()
         self.gateway.runtime = new

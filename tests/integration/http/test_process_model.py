@@ -203,6 +203,29 @@ def test_sighup_reload_changes_the_routes(reloadable: Gateway, scripted: Scripte
     assert fetch(reloadable, "/v1").status == 404
 
 
+def test_reload_applies_a_new_log_level(reloadable: Gateway, scripted: ScriptedUpstream) -> None:
+    """observability.log_level changed by a reload takes effect: from warning to info the
+    reload's own 'config reloaded' lines (info) appear; back at error they stop."""
+
+    def reload_with(prefix: str, level: str) -> None:
+        config = config_for(scripted, prefix=prefix)
+        config["server"] = reloadable.config["server"]
+        config["observability"] = {**config["observability"], "log_level": level}  # type: ignore[dict-item]
+        reloadable.write_config(config)
+        reloadable.signal(signal.SIGHUP)
+        assert wait_until(lambda: fetch(reloadable, prefix).status == 200)
+
+    assert "config reloaded" not in reloadable.output()  # started at warning
+    reload_with("/v2", "info")
+    assert wait_until(lambda: reloadable.output().count("config reloaded") >= 2)  # both
+    reload_with("/v3", "error")
+    time.sleep(0.5)
+    before = reloadable.output().count("config reloaded")
+    reload_with("/v4", "error")
+    time.sleep(0.5)
+    assert reloadable.output().count("config reloaded") == before
+
+
 def test_bad_config_reload_is_refused_and_old_config_serves(reloadable: Gateway) -> None:
     """A reload to an invalid file is refused with its message and the old routes keep serving."""
     good = reloadable.path.read_text()
