@@ -194,6 +194,20 @@ class ApiKeyAuth(_Frozen):
     header: str | None = "X-API-Key"
     query: str | None = None
 
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not _HEADER_NAME.match(value):
+            raise ValueError(f"{value!r} is not a header name (RFC 9110 token)")
+        return value
+
+    @field_validator("query")
+    @classmethod
+    def _query_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "&=#? ")):
+            raise ValueError(f"{value!r} is not a query parameter name")
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> ApiKeyAuth:
         if self.query is not None and "header" not in self.model_fields_set:
