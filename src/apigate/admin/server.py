@@ -299,11 +299,14 @@ class AdminConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         url = httptools.parse_url(self._url)
-        query = parse_qsl((url.query or b"").decode("latin-1"), keep_blank_values=True)
+        pairs = parse_qsl((url.query or b"").decode("latin-1"), keep_blank_values=True)
+        query = dict(pairs)
+        if len(query) != len(pairs):  # ?name=a&name=b: neither is silently the one acted on
+            raise _Reject(400, "a query parameter is given more than once")
         request = AdminRequest(
             method=self._parser.get_method().decode("ascii"),
             path=url.path.decode("latin-1"),
-            query=dict(query),
+            query=query,
             body=bytes(self._body),
         )
         self._enqueue((request, self._parser.should_keep_alive()))

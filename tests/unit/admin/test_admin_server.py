@@ -378,3 +378,10 @@ async def test_close_cancels_a_running_handler() -> None:
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
     await writer.wait_closed()
+
+
+async def test_repeated_query_parameter_is_400(server: tuple[AdminServer, State]) -> None:
+    """?name=a&name=b is refused: the API never picks one of two values silently."""
+    [reply] = await exchange(server[0].port, get("/admin/echo?name=a&name=b"))
+    assert reply.status == 400
+    assert reply.json() == {"error": "a query parameter is given more than once"}
