@@ -84,10 +84,10 @@ class Gateway:
             if policies:
                 limiter = runtime.limiter
                 begun = limiter.begin(route.name, policies, caller, headers)
-                if isinstance(begun, tuple):  # a Pending: (plan, future)
-                    plan, decided = begun
+                if isinstance(begun, tuple):  # a Pending: (plan, future, position)
+                    plan, decided, pos = begun
                     try:
-                        verdict = limiter.conclude(plan, await decided)
+                        verdict = limiter.conclude(plan, await decided, pos)
                     except StorageError:
                         verdict = await limiter.failed(plan)
                 elif begun is None:

@@ -27,7 +27,9 @@ from apigate.ratelimit.storage.base import (
     LimitSpec,
     LimitState,
     Outcome,
+    Reply,
     Storage,
+    group_outcome,
 )
 
 FAILURE_RETRY_AFTER_S = 1
@@ -82,9 +84,10 @@ class _Plan:
         self.one = one  # a lone policy's pre-rendered ietf header parts (see _one_policy)
 
 
-# A decision sent to storage by RateLimiter.begin: the plan, and the future to await before
-# RateLimiter.conclude (or RateLimiter.failed on a StorageError). A tuple: no __init__ to run.
-Pending = tuple[_Plan, "asyncio.Future[Outcome]"]
+# A decision sent to storage by RateLimiter.begin: the plan, the future to await and where the
+# decision's group starts in its reply, for RateLimiter.conclude (RateLimiter.failed on a
+# StorageError). A tuple: no __init__ to run.
+Pending = tuple[_Plan, "asyncio.Future[Reply]", int]
 
 
 class RateLimiter:
@@ -176,7 +179,8 @@ class RateLimiter:
         """Begin deciding one request without a coroutine (the request path's fast path).
 
         Returns the Verdict when it is known at once (unlimited, 400, a cached denial); a
-        Pending (plan, future) when the decision went to storage as one bare future; or None
+        Pending (plan, future, position) when the decision went to storage as one bare future
+        (see ``Storage.submit``); or None
         when this request needs the general path, ``await check(...)`` (shadow policies, an
         open circuit, a storage without ``submit``).
         """
@@ -192,16 +196,21 @@ class RateLimiter:
                 return cached
         if rt.breaker.state is not BreakerState.CLOSED:
             return None
-        future = rt.storage.submit(plan.specs)
-        return None if future is None else (plan, future)
+        submitted = rt.storage.submit(plan.specs)
+        return None if submitted is None else (plan, *submitted)
 
-    def conclude(self, plan: _Plan, outcome: Outcome) -> Verdict:
-        """The verdict once storage answered a decision :meth:`begin` sent."""
-        self._rt.breaker.success()
+    def conclude(self, plan: _Plan, reply: Reply, pos: int) -> Verdict:
+        """The verdict once storage answered a decision :meth:`begin` sent.
+
+        Raises StorageError when the storage refused the decision's specs.
+        """
         one = plan.one
-        if one is not None and outcome.allowed:  # a lone policy allowed: the common answer
-            headers = _one_policy_headers(one, outcome.states[0])
+        if one is not None and reply[pos] == 1:  # a lone policy allowed: the common answer
+            self._rt.breaker.success()
+            headers = _one_policy_headers(one, reply[pos + 1], reply[pos + 2])
             return Verdict(True, 200, "allowed", None, headers, None, plan.planned[0].name)
+        outcome = group_outcome(reply, pos, len(plan.specs))
+        self._rt.breaker.success()
         return self._verdict(plan.planned, outcome, local=False)
 
     async def failed(self, plan: _Plan) -> Verdict:
@@ -388,7 +397,9 @@ class RateLimiter:
             return ()
         if mode == "ietf" and len(real) == 1:  # the common case, from pre-rendered parts
             parts = self._one_policy(real[0])
-            return (parts[0],) if states is None else _one_policy_headers(parts, states[0])
+            if states is None:
+                return (parts[0],)
+            return _one_policy_headers(parts, states[0].remaining, states[0].reset_ms)
         names = tuple(p.name for p in real)
         quotas = self._quotas.get(names)
         if quotas is None:
@@ -436,10 +447,10 @@ _PLANNED_MAX = 10_000
 
 
 def _one_policy_headers(
-    parts: tuple[hdr.Header, bytes], state: LimitState
+    parts: tuple[hdr.Header, bytes], remaining: int, reset_ms: int
 ) -> tuple[hdr.Header, ...]:
     """``RateLimit-Policy`` and ``RateLimit`` of a lone policy from its pre-rendered parts."""
-    rendered = b"%s%d;t=%d" % (parts[1], state.remaining, hdr.seconds_up(state.reset_ms))
+    rendered = b"%s%d;t=%d" % (parts[1], remaining, hdr.seconds_up(reset_ms))
     return (parts[0], (b"RateLimit", rendered))
 
 

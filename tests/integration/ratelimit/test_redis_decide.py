@@ -10,7 +10,7 @@ import pytest
 from tests.support.redis_servers import RedisServer
 
 from apigate.config.model import StorageConfig
-from apigate.ratelimit.storage.base import Algorithm, LimitSpec, StorageError
+from apigate.ratelimit.storage.base import Algorithm, LimitSpec, Outcome, StorageError
 from apigate.ratelimit.storage.redis import RedisStorage
 
 LONG_MS = 10_000_000_000  # ~115 days: no window boundary falls inside a test
@@ -166,6 +166,29 @@ async def test_bad_decision_fails_alone_in_its_batch(storage: RedisStorage) -> N
     )
     assert isinstance(results[1], StorageError)
     assert [r.states[0].remaining for r in (results[0], results[2])] == [4, 3]  # type: ignore[union-attr]
+
+
+async def test_groups_of_a_batch_read_their_own_part_and_survive_a_cancelled_one(
+    storage: RedisStorage,
+) -> None:
+    """Groups of 1, 2 and 1 specs in one batch each read their own place in the reply, and a
+    request cancelled while waiting (its client left) leaves the others' decisions alone."""
+    await storage.ping()
+    a, b, c = (LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, n, LONG_MS) for n in (5, 7, 9))
+
+    async def decide(specs: list[LimitSpec]) -> Outcome:
+        return await storage.decide(specs)
+
+    tasks = [asyncio.ensure_future(decide(g)) for g in ([a], [b, c], [a, c], [b])]
+    await asyncio.sleep(0)  # every decision is in the batch
+    tasks[2].cancel()
+    first, pair, cancelled, last = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert [s.remaining for s in first.states] == [4]  # type: ignore[union-attr]
+    assert [s.remaining for s in pair.states] == [6, 8]  # type: ignore[union-attr]
+    # The cancelled request was charged (it reached Redis), and its neighbour after it too.
+    assert [s.remaining for s in last.states] == [5]  # type: ignore[union-attr]
+    assert (await storage.peek(a)).remaining == 3
 
 
 async def test_heartbeat_counts_live_instances(storage: RedisStorage) -> None:

@@ -8,7 +8,16 @@ from typing import Any
 
 from apigate.config.model import Config
 from apigate.ratelimit.limiter import RateLimiter
-from apigate.ratelimit.storage.base import LimitSpec, LimitState, Outcome, Storage, StorageError
+from apigate.ratelimit.storage.base import (
+    LimitSpec,
+    LimitState,
+    Outcome,
+    Reply,
+    Storage,
+    StorageError,
+    Submitted,
+    outcome_reply,
+)
 from apigate.ratelimit.storage.memory import MemoryStorage
 
 
@@ -48,8 +57,13 @@ class FakeStorage(Storage):
         await self._maybe_fail()
         return await self.inner.decide(specs)
 
-    def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome] | None:
-        return asyncio.ensure_future(self.decide(specs)) if self.submits else None
+    def submit(self, specs: Sequence[LimitSpec]) -> Submitted | None:
+        if not self.submits:
+            return None
+        return asyncio.ensure_future(self._reply(specs)), 0
+
+    async def _reply(self, specs: Sequence[LimitSpec]) -> Reply:
+        return outcome_reply(await self.decide(specs))
 
     async def peek(self, spec: LimitSpec) -> LimitState:
         await self._maybe_fail()

@@ -18,9 +18,9 @@ async def decide(limiter: RateLimiter, names: tuple[str, ...] = ("per-ip",)) -> 
     kwargs = {"route": "r", "policy_names": names, "caller": Caller("203.0.113.7"), "headers": {}}
     started = limiter.begin(**kwargs)  # type: ignore[arg-type]
     if isinstance(started, tuple):  # a Pending
-        plan, future = started
+        plan, future, pos = started
         try:
-            return limiter.conclude(plan, await future)
+            return limiter.conclude(plan, await future, pos)
         except StorageError:
             return await limiter.failed(plan)
     if started is None:
@@ -89,7 +89,7 @@ async def test_header_keyed_policies_are_planned_per_request() -> None:
             headers={"x-tenant": name, "x-cost": cost},
         )
         assert isinstance(started, tuple)
-        return limiter.conclude(started[0], await started[1]).decision
+        return limiter.conclude(started[0], await started[1], started[2]).decision
 
     assert [await call("a"), await call("a"), await call("a")] == ["allowed", "allowed", "limited"]
     assert await call("b", cost="2") == "allowed"  # b's own bucket, charged 2

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 
 class Algorithm(IntEnum):
@@ -61,6 +62,39 @@ class Outcome:
     states: tuple[LimitState, ...]
 
 
+# A decision's reply in decide.lua's format: per group of n specs, 1 (allowed), 0 (rejected) or
+# -1 (a spec the script refused), then remaining, reset_ms and retry_after_ms for each spec.
+# A batch's reply holds its groups back to back.
+Reply = list[Any]
+# What Storage.submit returns: the future of the reply, and where this decision's group starts.
+Submitted = tuple["asyncio.Future[Reply]", int]
+
+
+def group_outcome(reply: Reply, pos: int, count: int) -> Outcome:
+    """The Outcome of the group of ``count`` specs at ``reply[pos]``; StorageError if refused.
+
+    ``[1, 4, 900, 0]`` at 0 with one spec -> Outcome(True, (LimitState(4, 900, 0),)).
+    """
+    allowed = reply[pos]
+    if allowed == -1:
+        raise StorageError("decide.lua refused the request: bad spec (limit, window or cost)")
+    if count == 1:
+        return Outcome(allowed == 1, (LimitState(reply[pos + 1], reply[pos + 2], reply[pos + 3]),))
+    states = tuple(
+        LimitState(reply[i], reply[i + 1], reply[i + 2])
+        for i in range(pos + 1, pos + 1 + 3 * count, 3)
+    )
+    return Outcome(allowed == 1, states)
+
+
+def outcome_reply(outcome: Outcome) -> Reply:
+    """``outcome`` as a one-group reply (what a storage deciding in Python hands to submit)."""
+    reply: Reply = [1 if outcome.allowed else 0]
+    for state in outcome.states:
+        reply += (state.remaining, state.reset_ms, state.retry_after_ms)
+    return reply
+
+
 class Storage(ABC):
     """Where counters live. All keys of one ``decide`` call share one hash tag."""
 
@@ -83,13 +117,14 @@ class Storage(ABC):
         ``storage.timeout_ms`` after the command went out.
         """
 
-    def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome] | None:
-        """``decide`` without a coroutine: a future of its Outcome, or None if unsupported.
+    def submit(self, specs: Sequence[LimitSpec]) -> Submitted | None:
+        """``decide`` without a coroutine, or None if unsupported.
 
         For the request path, which then awaits one bare future instead of a chain of
-        coroutines. Only a storage with ``bounds_own_calls`` offers it (the future fails with
-        StorageError within ``storage.timeout_ms``, or is done at once); ``specs`` must not be
-        empty.
+        coroutines and reads its group of the reply with :func:`group_outcome` (or directly).
+        The future fails with StorageError within ``storage.timeout_ms`` or is done at once.
+        Only a storage with
+        ``bounds_own_calls`` offers it; ``specs`` must not be empty.
         """
         return None
 

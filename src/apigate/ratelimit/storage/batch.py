@@ -6,9 +6,10 @@ dispatch) instead of one per decision. A batch is sent early once it holds ``max
 decisions, so Redis starts on it while the rest of the tick is still being encoded. Only for
 a single node (Redis, Sentinel): on a Cluster the keys of one script must share a slot.
 
-The command is written as RESP directly: each spec's key and arguments are encoded once and
-kept (the limiter hands the same spec objects back for the same client), so a decision costs
-a few list appends instead of packing eight arguments every time.
+The command is written as RESP directly: each group's keys and arguments are encoded once and
+kept, so a decision costs a few list appends instead of packing eight arguments every time.
+Every decision's future gets the batch's whole reply and the decision reads its own group of
+it: no Outcome or LimitState is built per decision on the way back.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from apigate.ratelimit.storage.base import LimitSpec, Outcome, StorageError
+from apigate.ratelimit.storage.base import LimitSpec, Reply, StorageError, Submitted
 from apigate.ratelimit.storage.client import RespClient
 from apigate.ratelimit.storage.resp import Arg, Command, ReplyError, Script
 
 _EVALSHA = b"EVALSHA"
-Waiter = tuple["asyncio.Future[Outcome]", Sequence[LimitSpec]]
-# id(spec) -> (spec, the key as a RESP bulk string, its five arguments as RESP bulk strings).
-# The spec itself is kept so its id cannot be reused by another object while cached.
-_Encoded = tuple[LimitSpec, bytes, bytes]
+# id(specs) -> (specs, its keys as RESP bulk strings, its arguments as RESP bulk strings (group
+# size, five per spec, mode), its key count). The specs object itself is kept so its id cannot
+# be reused by another object while cached; the limiter hands the same list back for the same
+# client, so a decision costs a dict lookup and two appends.
+_Encoded = tuple[Sequence[LimitSpec], bytes, bytes, int]
 _ENCODED_MAX = 10_000
 
 
@@ -35,7 +37,10 @@ def _bulk(value: str | int) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-_ONE, _DECIDE_MODE = _bulk(1), _bulk(0)
+_DECIDE_MODE = _bulk(0)
+# One future per decision of a batch, each handed the whole reply: a shared future would be
+# cancelled for all of them when one request's task is cancelled (its client left).
+_Futures = list["asyncio.Future[Reply]"]
 
 
 class DecisionBatcher:
@@ -45,7 +50,6 @@ class DecisionBatcher:
         self,
         client: RespClient,
         script: Script,
-        parse: Any,
         codes: dict[Any, int],
         *,
         timeout_s: float,
@@ -53,17 +57,18 @@ class DecisionBatcher:
     ) -> None:
         self._client = client
         self._script = script
-        self._parse = parse  # (reply, position, spec count) -> Outcome, raising StorageError
         self._codes = codes  # Algorithm -> decide.lua's code
         self._timeout_s = timeout_s
         self._max_groups = max_groups
         self._head = b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(_EVALSHA), _EVALSHA, len(script.sha),
                                                      script.sha)
         self._encoded: dict[int, _Encoded] = {}
+        # The batch being filled: its decisions' futures and specs, RESP parts and key count.
+        self._futures: list[asyncio.Future[Reply]] = []
+        self._groups: list[Sequence[LimitSpec]] = []
         self._key_parts: list[bytes] = []
         self._arg_parts: list[bytes] = []
-        self._arg_count = 0
-        self._waiters: list[Waiter] = []
+        self._keys = 0
         # The loop the end-of-tick flush is scheduled on (None: not scheduled). Keyed by loop,
         # so a loop that stopped before running the flush cannot leave the batcher stuck.
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
@@ -71,46 +76,44 @@ class DecisionBatcher:
         # Called with the seconds each batch took from its write to its reply (metrics).
         self.observe: Callable[[float], None] | None = None
 
-    def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome]:
-        """Queue one decision (mode 0) of ``specs``; its Outcome arrives on the future."""
+    def submit(self, specs: Sequence[LimitSpec]) -> Submitted:
+        """Queue one decision (mode 0) of ``specs``: a future of the batch's reply and the
+        decision's place in it."""
         loop = self._loop
         if loop is None or loop.is_closed():
             # asyncio.get_running_loop() costs a getpid() syscall per call: look it up once.
             loop = self._loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Outcome] = loop.create_future()
+        fut: asyncio.Future[Reply] = loop.create_future()
         if self._scheduled_on is not loop:
             self._scheduled_on = loop
             loop.call_soon(self._end_of_tick)
-        encoded = self._encoded
-        if len(specs) == 1:  # the common case, without a loop
-            spec = specs[0]
-            enc = encoded.get(id(spec))
-            if enc is None or enc[0] is not spec:
-                enc = self._encode(spec)
-            self._key_parts.append(enc[1])
-            self._arg_parts += (_ONE, enc[2], _DECIDE_MODE)
-            self._arg_count += 7
-        else:
-            self._arg_parts.append(_bulk(len(specs)))
-            for spec in specs:
-                enc = encoded.get(id(spec))
-                if enc is None or enc[0] is not spec:
-                    enc = self._encode(spec)
-                self._key_parts.append(enc[1])
-                self._arg_parts.append(enc[2])
-            self._arg_parts.append(_DECIDE_MODE)
-            self._arg_count += 2 + 5 * len(specs)
-        self._waiters.append((fut, specs))
-        if len(self._waiters) >= self._max_groups:
+        enc = self._encoded.get(id(specs))
+        if enc is None or enc[0] is not specs:
+            enc = self._encode(specs)
+        groups = self._groups
+        pos = len(groups) + 3 * self._keys  # one allowed flag per group, three ints per spec
+        groups.append(specs)
+        self._futures.append(fut)
+        self._key_parts.append(enc[1])
+        self._arg_parts.append(enc[2])
+        self._keys += enc[3]
+        if len(groups) >= self._max_groups:
             self._send()
-        return fut
+        return fut, pos
 
-    def _encode(self, spec: LimitSpec) -> _Encoded:
+    def _encode(self, specs: Sequence[LimitSpec]) -> _Encoded:
         if len(self._encoded) >= _ENCODED_MAX:
             self._encoded.clear()
-        args = (self._codes[spec.algorithm], spec.limit, spec.window_ms, spec.burst, spec.cost)
-        enc = (spec, _bulk(spec.key), b"".join(_bulk(a) for a in args))
-        self._encoded[id(spec)] = enc
+        args: list[int] = [len(specs)]
+        for s in specs:
+            args += (self._codes[s.algorithm], s.limit, s.window_ms, s.burst, s.cost)
+        enc = (
+            specs,
+            b"".join(_bulk(s.key) for s in specs),
+            b"".join(_bulk(a) for a in args) + _DECIDE_MODE,
+            len(specs),
+        )
+        self._encoded[id(specs)] = enc
         return enc
 
     def _end_of_tick(self) -> None:
@@ -118,25 +121,27 @@ class DecisionBatcher:
         self._send()
 
     def _send(self) -> None:
-        waiters = self._waiters
-        if not waiters:
+        futures, groups = self._futures, self._groups
+        if not groups:
             return
-        keys = len(self._key_parts)
+        keys = self._keys
         data = b"".join((
-            b"*%d\r\n" % (3 + keys + self._arg_count), self._head, _bulk(keys),
+            b"*%d\r\n" % (3 + keys + 2 * len(groups) + 5 * keys), self._head, _bulk(keys),
             *self._key_parts, *self._arg_parts,
         ))
-        self._key_parts, self._arg_parts, self._arg_count, self._waiters = [], [], 0, []
+        self._futures, self._groups, self._key_parts, self._arg_parts, self._keys = (
+            [], [], [], [], 0
+        )
         # Already at the end of the tick (or a full batch): write now, not one tick later.
-        sink = _BatchReply(self, waiters, len(waiters) + 3 * keys)
+        sink = _BatchReply(self, futures, groups, len(groups) + 3 * keys)
         if not self._client.try_send_packed_now(data, sink, self._timeout_s):
-            self._via_task(waiters, self._timeout_s)  # not connected: connect first
+            self._via_task(futures, groups, self._timeout_s)  # not connected: connect first
 
-    def _command(self, waiters: list[Waiter]) -> Command:
+    def _command(self, groups: list[Sequence[LimitSpec]]) -> Command:
         """The batch as an EVALSHA argument tuple (for the slow path through run_script)."""
         keys: list[Arg] = []
         args: list[Arg] = []
-        for _, specs in waiters:
+        for specs in groups:
             args.append(len(specs))
             for s in specs:
                 keys.append(s.key)
@@ -144,49 +149,37 @@ class DecisionBatcher:
             args.append(0)
         return (_EVALSHA, self._script.sha, len(keys), *keys, *args)
 
-    def _via_task(self, waiters: list[Waiter], timeout_s: float) -> None:
+    def _via_task(self, futures: _Futures, groups: list[Sequence[LimitSpec]],
+                  timeout_s: float) -> None:
         started = time.perf_counter()
         task = asyncio.get_running_loop().create_task(self._client.run_script(
-            self._script, self._command(waiters), timeout_s=timeout_s
+            self._script, self._command(groups), timeout_s=timeout_s
         ))
-        task.add_done_callback(lambda done: self._task_done(done, waiters, started))
+        expected = len(groups) + 3 * sum(len(specs) for specs in groups)
+        task.add_done_callback(lambda done: self._task_done(done, futures, expected, started))
 
-    def _task_done(self, done: asyncio.Task[Any], waiters: list[Waiter], started: float) -> None:
+    def _task_done(self, done: asyncio.Task[Any], futures: _Futures, expected: int,
+                   started: float) -> None:
         if self.observe is not None:
             self.observe(time.perf_counter() - started)
         if done.cancelled():
-            _fail(waiters, StorageError("decision batch cancelled"))
+            _fail(futures, StorageError("decision batch cancelled"))
         elif (exc := done.exception()) is not None:
-            _fail(waiters, exc)
+            _fail(futures, exc)
         else:
-            expected = len(waiters) + 3 * sum(len(specs) for _, specs in waiters)
-            self._deliver(done.result(), waiters, expected)
-
-    def _deliver(self, reply: Any, waiters: list[Waiter], expected: int) -> None:
-        """Hand each decision of a batch its part of the script's reply (``expected`` long)."""
-        if type(reply) is not list or len(reply) != expected:
-            _fail(waiters, StorageError(f"decide.lua returned {reply!r}"))
-            return
-        parse = self._parse
-        pos = 0
-        for fut, specs in waiters:
-            count = len(specs)
-            if not fut.done():
-                try:
-                    fut.set_result(parse(reply, pos, count))
-                except StorageError as error:
-                    fut.set_exception(error)
-            pos += 1 + 3 * count
+            _deliver(done.result(), futures, expected)
 
 
 class _BatchReply:
     """The reply sink of one batch (see ``resp.ReplySink``): acts in the tick Redis answers."""
 
-    __slots__ = ("_batcher", "_done", "_expected", "_sent_at", "_waiters")
+    __slots__ = ("_batcher", "_done", "_expected", "_futures", "_groups", "_sent_at")
 
-    def __init__(self, batcher: DecisionBatcher, waiters: list[Waiter], expected: int) -> None:
+    def __init__(self, batcher: DecisionBatcher, futures: _Futures,
+                 groups: list[Sequence[LimitSpec]], expected: int) -> None:
         self._batcher = batcher
-        self._waiters = waiters
+        self._futures = futures
+        self._groups = groups
         self._expected = expected  # the reply's length: one allowed + 3 per spec, per group
         self._sent_at = time.perf_counter()
         self._done = False
@@ -197,7 +190,7 @@ class _BatchReply:
     def set_result(self, result: Any, /) -> None:
         self._done = True
         self._observe()
-        self._batcher._deliver(result, self._waiters, self._expected)
+        _deliver(result, self._futures, self._expected)
 
     def set_exception(self, exception: BaseException, /) -> None:
         self._done = True
@@ -206,9 +199,9 @@ class _BatchReply:
             # The server lost its scripts (restart, SCRIPT FLUSH): run_script loads and retries,
             # within what is left of the batch's deadline.
             left = self._batcher._timeout_s - (time.perf_counter() - self._sent_at)
-            self._batcher._via_task(self._waiters, max(left, 0.0))
+            self._batcher._via_task(self._futures, self._groups, max(left, 0.0))
         else:
-            _fail(self._waiters, exception)
+            _fail(self._futures, exception)
 
     def _observe(self) -> None:
         observe = self._batcher.observe
@@ -216,7 +209,17 @@ class _BatchReply:
             observe(time.perf_counter() - self._sent_at)
 
 
-def _fail(waiters: list[Waiter], exc: BaseException) -> None:
-    for fut, _ in waiters:
+def _deliver(reply: Any, futures: _Futures, expected: int) -> None:
+    """Hand the batch's decisions the script's reply, if it is ``expected`` long."""
+    if type(reply) is not list or len(reply) != expected:
+        _fail(futures, StorageError(f"decide.lua returned {reply!r}"))
+        return
+    for fut in futures:
+        if not fut.done():
+            fut.set_result(reply)
+
+
+def _fail(futures: _Futures, exc: BaseException) -> None:
+    for fut in futures:
         if not fut.done():
             fut.set_exception(StorageError(str(exc) or type(exc).__name__))

@@ -21,7 +21,10 @@ from apigate.ratelimit.storage.base import (
     LimitSpec,
     LimitState,
     Outcome,
+    Reply,
     Storage,
+    Submitted,
+    outcome_reply,
 )
 
 # Expired entries removed per call: enough to outpace the insert rate, small enough to
@@ -87,15 +90,15 @@ class MemoryStorage(Storage):
         """Check all specs; charge all iff all allow (no await inside: atomic)."""
         return self._decide(specs)
 
-    def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome]:
-        """``decide`` as a future that is already done (see ``Storage.submit``)."""
+    def submit(self, specs: Sequence[LimitSpec]) -> Submitted:
+        """``decide`` with a future that is already done (see ``Storage.submit``)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             # asyncio.get_running_loop() costs a getpid() syscall per call: look it up once.
             loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outcome] = loop.create_future()
-        future.set_result(self._decide(specs))
-        return future
+        future: asyncio.Future[Reply] = loop.create_future()
+        future.set_result(outcome_reply(self._decide(specs)))
+        return future, 0
 
     def _decide(self, specs: Sequence[LimitSpec]) -> Outcome:
         now = self._clock()

@@ -6,7 +6,6 @@ coalescing RESP client: decisions made in the same event-loop tick share one soc
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +17,8 @@ from apigate.ratelimit.storage.base import (
     Outcome,
     Storage,
     StorageError,
+    Submitted,
+    group_outcome,
 )
 from apigate.ratelimit.storage.batch import DecisionBatcher
 from apigate.ratelimit.storage.client import RespClient
@@ -54,21 +55,7 @@ def parse_outcome(reply: Any, count: int) -> Outcome:
     """``[1, 4, 900, 0]`` -> Outcome(True, (LimitState(4, 900, 0),)); anything else -> error."""
     if type(reply) is not list or len(reply) != 1 + 3 * count:
         raise StorageError(f"decide.lua returned {reply!r}")
-    return parse_group(reply, 0, count)
-
-
-def parse_group(reply: list[Any], pos: int, count: int) -> Outcome:
-    """The Outcome of the group of ``count`` specs at ``reply[pos]`` (a batch's reply)."""
-    allowed = reply[pos]
-    if allowed == -1:
-        raise StorageError("decide.lua refused the request: bad spec (limit, window or cost)")
-    if count == 1:
-        return Outcome(allowed == 1, (LimitState(reply[pos + 1], reply[pos + 2], reply[pos + 3]),))
-    states = tuple(
-        LimitState(reply[i], reply[i + 1], reply[i + 2])
-        for i in range(pos + 1, pos + 1 + 3 * count, 3)
-    )
-    return Outcome(allowed == 1, states)
+    return group_outcome(reply, 0, count)
 
 
 class RedisStorage(Storage):
@@ -82,7 +69,7 @@ class RedisStorage(Storage):
         self._instances_key = f"{key_prefix}:instances"
         self._timeout_s = timeout_ms / 1000
         self.batcher = DecisionBatcher(
-            client, DECIDE, parse_group, _CODE, timeout_s=self._timeout_s
+            client, DECIDE, _CODE, timeout_s=self._timeout_s
         )
 
     @classmethod
@@ -104,9 +91,10 @@ class RedisStorage(Storage):
         """
         if not specs:
             return Outcome(True, ())
-        return await self.batcher.submit(specs)
+        batch, pos = self.batcher.submit(specs)
+        return group_outcome(await batch, pos, len(specs))
 
-    def submit(self, specs: Sequence[LimitSpec]) -> asyncio.Future[Outcome]:
+    def submit(self, specs: Sequence[LimitSpec]) -> Submitted:
         """``decide`` as a bare future (see ``Storage.submit``)."""
         return self.batcher.submit(specs)
 
