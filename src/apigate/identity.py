@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -11,13 +11,9 @@ from typing import Any
 _NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
-def _no_claims() -> Mapping[str, Any]:
-    return _NO_CLAIMS
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)  # made per request: no frozen dataclass's __setattr__ calls
 class Caller:
-    """The caller of one request.
+    """The caller of one request; treat it as read-only.
 
     ``client_ip`` is already trusted-proxy resolved (see ``apigate.proxy.client_ip``);
     ``consumer`` is set by auth (None on routes with ``auth: none``); ``claims`` holds the
@@ -25,5 +21,12 @@ class Caller:
     """
 
     client_ip: str
-    consumer: str | None = None
-    claims: Mapping[str, Any] = field(default_factory=_no_claims)
+    consumer: str | None
+    claims: Mapping[str, Any]
+
+    def __init__(
+        self, client_ip: str, consumer: str | None = None, claims: Mapping[str, Any] = _NO_CLAIMS
+    ) -> None:
+        self.client_ip = client_ip
+        self.consumer = consumer
+        self.claims = claims

@@ -69,8 +69,7 @@ class DecisionBatcher:
         self._key_parts: list[bytes] = []
         self._arg_parts: list[bytes] = []
         self._keys = 0
-        # The loop the end-of-tick flush is scheduled on (None: not scheduled). Keyed by loop,
-        # so a loop that stopped before running the flush cannot leave the batcher stuck.
+        # The loop the end-of-tick write is scheduled on (None: not scheduled).
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Called with the seconds each batch took from its write to its reply (metrics).
@@ -79,25 +78,28 @@ class DecisionBatcher:
     def submit(self, specs: Sequence[LimitSpec]) -> Submitted:
         """Queue one decision (mode 0) of ``specs``: a future of the batch's reply and the
         decision's place in it."""
-        loop = self._loop
+        loop = self._scheduled_on
+        # The tick's first decision schedules the end-of-tick write. Checked per loop, so a
+        # loop that stopped before running that write cannot leave the batcher stuck.
         if loop is None or loop.is_closed():
-            # asyncio.get_running_loop() costs a getpid() syscall per call: look it up once.
-            loop = self._loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Reply] = loop.create_future()
-        if self._scheduled_on is not loop:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                # asyncio.get_running_loop() costs a getpid() syscall: look it up once.
+                loop = self._loop = asyncio.get_running_loop()
             self._scheduled_on = loop
             loop.call_soon(self._end_of_tick)
         enc = self._encoded.get(id(specs))
         if enc is None or enc[0] is not specs:
             enc = self._encode(specs)
-        groups = self._groups
-        pos = len(groups) + 3 * self._keys  # one allowed flag per group, three ints per spec
-        groups.append(specs)
-        self._futures.append(fut)
+        fut: asyncio.Future[Reply] = loop.create_future()
+        futures = self._futures
+        pos = len(futures) + 3 * self._keys  # one allowed flag per group, three ints per spec
+        futures.append(fut)
+        self._groups.append(specs)
         self._key_parts.append(enc[1])
         self._arg_parts.append(enc[2])
         self._keys += enc[3]
-        if len(groups) >= self._max_groups:
+        if len(futures) >= self._max_groups:
             self._send()
         return fut, pos
 
