@@ -39,7 +39,7 @@ class _Outcome:
         self.policy: str | None = None
 
 
-# Routes without auth or limits never look at the caller; they share this one.
+# The caller of routes without auth (no consumer): the limiter keys it by address.
 _ANONYMOUS = Caller("")
 
 
@@ -75,15 +75,13 @@ class Gateway:
                 outcome.consumer = caller.consumer
                 update_request(consumer=caller.consumer)
                 policies = runtime.policies_for(route, caller)
-            elif route.rate_limits:  # known by address only: the route's own limits
-                caller = Caller(client_ip)
-                policies = route.rate_limits
-            else:  # neither auth nor limits: nothing looks at the caller
-                caller, policies = _ANONYMOUS, ()
+                limited_as: Caller | str = caller
+            else:  # no consumer: the limiter knows the caller by address only
+                caller, policies, limited_as = _ANONYMOUS, route.rate_limits, client_ip
             response_headers = [(b"x-request-id", request_id.encode())]
             if policies:
                 limiter = runtime.limiter
-                begun = limiter.begin(route.name, policies, caller, headers)
+                begun = limiter.begin(route.name, policies, limited_as, headers)
                 if isinstance(begun, tuple):  # a Pending: (plan, future, position)
                     plan, decided, pos = begun
                     try:
@@ -92,7 +90,9 @@ class Gateway:
                         verdict = await limiter.failed(plan)
                 elif begun is None:
                     verdict = await limiter.check(
-                        route=route.name, policy_names=policies, caller=caller, headers=headers
+                        route=route.name, policy_names=policies,
+                        caller=limited_as if isinstance(limited_as, Caller) else Caller(client_ip),
+                        headers=headers,
                     )
                 else:
                     verdict = begun

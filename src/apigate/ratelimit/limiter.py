@@ -73,12 +73,13 @@ class _Planned:
 class _Plan:
     """One request's policies and specs; memoized per client when its keys allow."""
 
-    __slots__ = ("one", "planned", "shadow", "specs")
+    __slots__ = ("name", "one", "planned", "shadow", "specs")
 
     def __init__(
         self, planned: list[_Planned], one: tuple[hdr.Header, bytes] | None = None
     ) -> None:
         self.planned = planned
+        self.name = planned[0].name  # the policy a lone-policy verdict names
         self.specs = [p.spec for p in planned]
         self.shadow = any(p.policy.shadow for p in planned)
         self.one = one  # a lone policy's pre-rendered ietf header parts (see _one_policy)
@@ -156,7 +157,7 @@ class RateLimiter:
         headers: Mapping[str, str],
     ) -> Verdict:
         """Decide one request; ``headers`` has lower-case names."""
-        plan = self._plan_for(route, policy_names, caller, headers)
+        plan = self._plan_for(route, tuple(policy_names), caller, headers)
         if isinstance(plan, Verdict):
             return plan
         real = [p for p in plan.planned if not p.policy.shadow]
@@ -173,10 +174,13 @@ class RateLimiter:
         self,
         route: str,
         policy_names: tuple[str, ...],
-        caller: Caller,
+        caller: Caller | str,
         headers: Mapping[str, str],
     ) -> Verdict | Pending | None:
         """Begin deciding one request without a coroutine (the request path's fast path).
+
+        ``caller`` may be the bare client address of a caller known only by it (a route
+        without auth): no Caller is made unless the request's plan is not memoized yet.
 
         Returns the Verdict when it is known at once (unlimited, 400, a cached denial); a
         Pending (plan, future, position) when the decision went to storage as one bare future
@@ -208,7 +212,7 @@ class RateLimiter:
         if one is not None and reply[pos] == 1:  # a lone policy allowed: the common answer
             self._rt.breaker.success()
             headers = _one_policy_headers(one, reply[pos + 1], reply[pos + 2])
-            return Verdict(True, 200, "allowed", None, headers, None, plan.planned[0].name)
+            return Verdict(True, 200, "allowed", None, headers, None, plan.name)
         outcome = group_outcome(reply, pos, len(plan.specs))
         self._rt.breaker.success()
         return self._verdict(plan.planned, outcome, local=False)
@@ -260,11 +264,17 @@ class RateLimiter:
     # -- the request path -------------------------------------------------------------------
 
     def _plan_for(
-        self, route: str, names: Sequence[str], caller: Caller, headers: Mapping[str, str]
+        self, route: str, names: tuple[str, ...], caller: Caller | str,
+        headers: Mapping[str, str],
     ) -> _Plan | Verdict:
         """The request's plan (memoized per client when its keys allow), or the verdict that
-        needs none: 400 for a bad cost, unlimited."""
-        memo = (tuple(names), caller.client_ip, caller.consumer, route)
+        needs none: 400 for a bad cost, unlimited. A str ``caller`` is a bare client address."""
+        if isinstance(caller, str):
+            plan = self._plans.get((names, caller, None, route))
+            if plan is not None:
+                return plan
+            caller = Caller(caller)
+        memo = (names, caller.client_ip, caller.consumer, route)
         plan = self._plans.get(memo)
         if plan is not None:
             return plan
