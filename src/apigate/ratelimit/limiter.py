@@ -188,7 +188,11 @@ class RateLimiter:
         when this request needs the general path, ``await check(...)`` (shadow policies, an
         open circuit, a storage without ``submit``).
         """
-        plan = self._plan_for(route, policy_names, caller, headers)
+        # An address's memoized plan, the common case, is looked up without a call.
+        found = self._plans.get((policy_names, caller, None, route)) if isinstance(
+            caller, str
+        ) else None
+        plan = found or self._plan_for(route, policy_names, caller, headers)
         if isinstance(plan, Verdict):
             return plan
         if plan.shadow:
@@ -460,7 +464,7 @@ def _one_policy_headers(
     parts: tuple[hdr.Header, bytes], remaining: int, reset_ms: int
 ) -> tuple[hdr.Header, ...]:
     """``RateLimit-Policy`` and ``RateLimit`` of a lone policy from its pre-rendered parts."""
-    rendered = b"%s%d;t=%d" % (parts[1], remaining, hdr.seconds_up(reset_ms))
+    rendered = b"%s%d;t=%d" % (parts[1], remaining, -(-reset_ms // 1000))  # whole s, up
     return (parts[0], (b"RateLimit", rendered))
 
 
