@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from apigate.ratelimit.breaker import CircuitBreaker
 from apigate.ratelimit.overlimit import OverLimitCache
 from apigate.ratelimit.storage.base import LimitSpec, Outcome, Storage, StorageError
 from apigate.ratelimit.storage.memory import MemoryStorage
+
+T = TypeVar("T")
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_MS = 3000
@@ -88,10 +91,21 @@ class StorageGuard:
         n = self.live_instances
         return await self.local.decide([local_share(s, n) for s in specs])
 
+    async def bounded(self, call: Awaitable[T]) -> T:
+        """Await a storage call other than a decision (ping, heartbeat, admin usage and reset).
+
+        A storage that bounds its own calls gives these the longer deadline it chose for them
+        (a background call may wait longer than a decision); any other gets ``timeout_s``.
+        Raises StorageError or TimeoutError.
+        """
+        if self.storage.bounds_own_calls:
+            return await call
+        async with asyncio.timeout(self.timeout_s):
+            return await call
+
     async def ping(self) -> bool:
         try:
-            async with asyncio.timeout(self.timeout_s):
-                await self.storage.ping()
+            await self.bounded(self.storage.ping())
         except (StorageError, TimeoutError):
             return False
         return True
@@ -99,8 +113,9 @@ class StorageGuard:
     async def heartbeat_once(self) -> int:
         """Report this instance alive; returns the live count (the last known on failure)."""
         try:
-            async with asyncio.timeout(self.timeout_s):
-                count = await self.storage.heartbeat(self.instance_id, HEARTBEAT_TTL_MS)
+            count = await self.bounded(
+                self.storage.heartbeat(self.instance_id, HEARTBEAT_TTL_MS)
+            )
         except (StorageError, TimeoutError):
             return self.live_instances
         self.breaker.storage_answered()

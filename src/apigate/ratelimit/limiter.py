@@ -244,8 +244,7 @@ class RateLimiter:
     async def usage(self, policy: str, key_value: str) -> dict[str, object]:
         """What ``key_value`` (a rendered identity, see keys.py) has left under ``policy``."""
         spec = self._admin_spec(policy, key_value)
-        async with asyncio.timeout(self._rt.timeout_s):
-            state = await self._rt.storage.peek(spec)
+        state = await self._rt.bounded(self._rt.storage.peek(spec))
         return {
             "policy": policy,
             "key": key_value,
@@ -260,8 +259,7 @@ class RateLimiter:
     async def reset(self, policy: str, key_value: str) -> None:
         """Forget what ``key_value`` has spent under ``policy`` (storage and local caches)."""
         spec = self._admin_spec(policy, key_value)
-        async with asyncio.timeout(self._rt.timeout_s):
-            await self._rt.storage.reset(spec)
+        await self._rt.bounded(self._rt.storage.reset(spec))
         self._rt.cache.forget(spec.key)
         await self._rt.local.reset(spec)
 

@@ -12,6 +12,7 @@ import redis
 from tests.support.redis_servers import RedisServer, start_redis
 
 from apigate.config.model import StorageConfig
+from apigate.ratelimit.guard import StorageGuard
 from apigate.ratelimit.storage.base import Algorithm, LimitSpec, Outcome, StorageError
 from apigate.ratelimit.storage.redis import RedisStorage
 
@@ -89,6 +90,32 @@ async def test_short_deadline_behind_a_long_one_still_bounds_the_call(
     finally:
         fresh_redis.node.resume()
     assert await until_allowed(storage, 5.0) < 5.0
+
+
+@pytest.mark.slow
+async def test_background_calls_wait_longer_than_a_decision(
+    storage: RedisStorage, fresh_redis: RedisServer
+) -> None:
+    """Redis frozen for 0.4 s: through the guard a decision fails at its 100 ms, while the
+    heartbeat and ping (SLOW_CALL_S) wait and succeed once Redis answers again."""
+    guard = StorageGuard(storage, instance_id="i1", clock=time.monotonic,
+                         timeout_s=TIMEOUT_MS / 1000)
+    assert await guard.ping()
+    fresh_redis.node.pause()
+    resumed = asyncio.get_running_loop().call_later(0.4, fresh_redis.node.resume)
+    try:
+        heartbeat = asyncio.ensure_future(guard.heartbeat_once())
+        ping = asyncio.ensure_future(guard.ping())
+        started = time.monotonic()
+        assert await guard.decide([spec()]) is None  # on_failure applies
+        assert time.monotonic() - started < TIMEOUT_MS / 1000 + SLACK_S
+        assert await ping
+        assert await heartbeat == 1
+        assert time.monotonic() - started >= 0.3  # they waited for Redis to come back
+        assert guard.live_instances == 1
+    finally:
+        resumed.cancel()
+        fresh_redis.node.resume()
 
 
 async def test_killed_redis_fails_fast_and_restart_recovers(
