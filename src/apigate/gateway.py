@@ -85,7 +85,7 @@ class Gateway:
                 if isinstance(begun, tuple):  # a Pending: (plan, future, position)
                     plan, decided, pos = begun
                     try:
-                        verdict = limiter.conclude(plan, await decided, pos)
+                        verdict = limiter.conclude(plan, await decided, pos, response_headers)
                     except StorageError:
                         verdict = await limiter.failed(plan)
                 elif begun is None:

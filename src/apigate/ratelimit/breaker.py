@@ -36,8 +36,10 @@ class CircuitBreaker:
         self._base = cooldown_s
         self._max = max_cooldown_s
         self._clock = clock
-        self.state = BreakerState.CLOSED  # a plain attribute: read on every request
-        self._failures = 0
+        # Plain attributes, read on every request: the state, and the failures in a row counted
+        # while closed (0 when open: the cool-down counts instead).
+        self.state = BreakerState.CLOSED
+        self.failures = 0
         self._cooldown = cooldown_s
         self._open_until = 0.0
         self._probing = False
@@ -58,12 +60,12 @@ class CircuitBreaker:
 
     def success(self) -> None:
         """The call answered: close the circuit and forget past failures."""
-        if self._failures == 0 and self.state is BreakerState.CLOSED:
+        if self.failures == 0 and self.state is BreakerState.CLOSED:
             return  # the common case: nothing to reset
         if self.state is not BreakerState.CLOSED:
             log.warning("rate-limit storage answers again: circuit closed")
         self.state = BreakerState.CLOSED
-        self._failures = 0
+        self.failures = 0
         self._cooldown = self._base
         self._probing = False
 
@@ -73,8 +75,8 @@ class CircuitBreaker:
             self._cooldown = min(self._cooldown * 2, self._max)
             self._open()
             return
-        self._failures += 1
-        if self.state is BreakerState.CLOSED and self._failures >= self._threshold:
+        self.failures += 1
+        if self.state is BreakerState.CLOSED and self.failures >= self._threshold:
             self._open()
 
     def storage_answered(self) -> None:
@@ -99,4 +101,4 @@ class CircuitBreaker:
         self.state = BreakerState.OPEN
         self._open_until = self._clock() + self._cooldown
         self._probing = False
-        self._failures = 0
+        self.failures = 0

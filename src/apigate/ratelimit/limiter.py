@@ -73,16 +73,17 @@ class _Planned:
 class _Plan:
     """One request's policies and specs; memoized per client when its keys allow."""
 
-    __slots__ = ("name", "one", "planned", "shadow", "specs")
+    __slots__ = ("allowed", "one", "planned", "shadow", "specs")
 
     def __init__(
         self, planned: list[_Planned], one: tuple[hdr.Header, bytes] | None = None
     ) -> None:
         self.planned = planned
-        self.name = planned[0].name  # the policy a lone-policy verdict names
         self.specs = [p.spec for p in planned]
         self.shadow = any(p.policy.shadow for p in planned)
         self.one = one  # a lone policy's pre-rendered ietf header parts (see _one_policy)
+        # A lone policy's "allowed", shared by its requests: conclude() writes its headers.
+        self.allowed = Verdict(True, 200, "allowed", policy=planned[0].name)
 
 
 # A decision sent to storage by RateLimiter.begin: the plan, the future to await and where the
@@ -207,16 +208,24 @@ class RateLimiter:
         submitted = rt.storage.submit(plan.specs)
         return None if submitted is None else (plan, *submitted)
 
-    def conclude(self, plan: _Plan, reply: Reply, pos: int) -> Verdict:
+    def conclude(
+        self, plan: _Plan, reply: Reply, pos: int, out: list[hdr.Header]
+    ) -> Verdict:
         """The verdict once storage answered a decision :meth:`begin` sent.
 
-        Raises StorageError when the storage refused the decision's specs.
+        On the common answer, a lone policy allowed, the RateLimit headers are appended to
+        ``out`` (the response's headers) and the plan's shared verdict, without headers of its
+        own, is returned; any other verdict carries its headers. Raises StorageError when the
+        storage refused the decision's specs.
         """
         one = plan.one
-        if one is not None and reply[pos] == 1:  # a lone policy allowed: the common answer
-            self._rt.breaker.success()
-            headers = _one_policy_headers(one, reply[pos + 1], reply[pos + 2])
-            return Verdict(True, 200, "allowed", None, headers, None, plan.name)
+        if one is not None and reply[pos] == 1:
+            breaker = self._rt.breaker
+            if breaker.failures or breaker.state is not BreakerState.CLOSED:
+                breaker.success()  # else it has nothing to reset: not even called
+            out.append(one[0])
+            out.append((b"RateLimit", _one_policy_value(one, reply[pos + 1], reply[pos + 2])))
+            return plan.allowed
         outcome = group_outcome(reply, pos, len(plan.specs))
         self._rt.breaker.success()
         return self._verdict(plan.planned, outcome, local=False)
@@ -411,7 +420,8 @@ class RateLimiter:
             parts = self._one_policy(real[0])
             if states is None:
                 return (parts[0],)
-            return _one_policy_headers(parts, states[0].remaining, states[0].reset_ms)
+            limit_value = _one_policy_value(parts, states[0].remaining, states[0].reset_ms)
+            return (parts[0], (b"RateLimit", limit_value))
         names = tuple(p.name for p in real)
         quotas = self._quotas.get(names)
         if quotas is None:
@@ -458,12 +468,9 @@ class RateLimiter:
 _PLANNED_MAX = 10_000
 
 
-def _one_policy_headers(
-    parts: tuple[hdr.Header, bytes], remaining: int, reset_ms: int
-) -> tuple[hdr.Header, ...]:
-    """``RateLimit-Policy`` and ``RateLimit`` of a lone policy from its pre-rendered parts."""
-    rendered = b"%s%d;t=%d" % (parts[1], remaining, -(-reset_ms // 1000))  # whole s, up
-    return (parts[0], (b"RateLimit", rendered))
+def _one_policy_value(parts: tuple[hdr.Header, bytes], remaining: int, reset_ms: int) -> bytes:
+    """The ``RateLimit`` value of a lone policy from its pre-rendered parts."""
+    return b"%s%d;t=%d" % (parts[1], remaining, -(-reset_ms // 1000))  # whole seconds, up
 
 
 def _remaining(pair: tuple[_Planned, LimitState]) -> int:

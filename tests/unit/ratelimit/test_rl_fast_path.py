@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from apigate.identity import Caller
 from apigate.ratelimit.breaker import BreakerState
 from apigate.ratelimit.limiter import RateLimiter, Verdict
@@ -20,7 +22,10 @@ async def decide(limiter: RateLimiter, names: tuple[str, ...] = ("per-ip",)) -> 
     if isinstance(started, tuple):  # a Pending
         plan, future, pos = started
         try:
-            return limiter.conclude(plan, await future, pos)
+            out: list[tuple[bytes, bytes]] = []
+            verdict = limiter.conclude(plan, await future, pos, out)
+            # What the response gets: headers written to ``out``, then the verdict's own.
+            return replace(verdict, headers=(*out, *verdict.headers))
         except StorageError:
             return await limiter.failed(plan)
     if started is None:
@@ -89,7 +94,7 @@ async def test_header_keyed_policies_are_planned_per_request() -> None:
             headers={"x-tenant": name, "x-cost": cost},
         )
         assert isinstance(started, tuple)
-        return limiter.conclude(started[0], await started[1], started[2]).decision
+        return limiter.conclude(started[0], await started[1], started[2], []).decision
 
     assert [await call("a"), await call("a"), await call("a")] == ["allowed", "allowed", "limited"]
     assert await call("b", cost="2") == "allowed"  # b's own bucket, charged 2
