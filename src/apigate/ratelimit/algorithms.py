@@ -24,7 +24,7 @@ from apigate.ratelimit.storage.base import LimitSpec, LimitState
 TTL_SLACK_MS = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per decision: not frozen (object.__setattr__ per field)
 class Decision:
     """One limit's verdict: ``ttl_ms`` is how long the new state must be kept if charged."""
 

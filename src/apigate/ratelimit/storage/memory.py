@@ -97,20 +97,47 @@ class MemoryStorage(Storage):
             # asyncio.get_running_loop() costs a getpid() syscall per call: look it up once.
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
-        future.set_result(outcome_reply(self._decide(specs)))
+        if len(specs) == 1:  # the common case: the reply without an Outcome in between
+            decision = self._decide_one(specs[0])
+            state = decision.state
+            future.set_result([1 if decision.allowed else 0, state.remaining, state.reset_ms,
+                               state.retry_after_ms])
+        else:
+            future.set_result(outcome_reply(self._decide(specs)))
         return future, 0
 
     def _decide(self, specs: Sequence[LimitSpec]) -> Outcome:
-        now = self._clock()
-        self.sweep(now, SWEEP_BATCH)
+        if len(specs) == 1:  # the common case, without the loops
+            decision = self._decide_one(specs[0])
+            return Outcome(decision.allowed, (decision.state,))
+        now = self._now()
         checks = [self._check(spec, now) for spec in specs]
         allowed = all(c.decision.allowed for c in checks)
         for check in checks:
-            if allowed:
-                self._charge(check, now)
-            elif check.entry is not None and check.spec.algorithm is Algorithm.SLIDING_LOG:
-                del check.entry.log[: check.result]  # expired entries go either way
+            self._settle(check, now, allowed)
         return Outcome(allowed, tuple(c.decision.state for c in checks))
+
+    def _decide_one(self, spec: LimitSpec) -> alg.Decision:
+        """Decide (and charge if allowed) one spec."""
+        now = self._now()
+        check = self._check(spec, now)
+        self._settle(check, now, check.decision.allowed)
+        return check.decision
+
+    def _now(self) -> int:
+        """The clock, after sweeping a few entries expired by then."""
+        now = self._clock()
+        expiry = self._expiry
+        if expiry and expiry[0][0] <= now:
+            self.sweep(now, SWEEP_BATCH)
+        return now
+
+    def _settle(self, check: _Check, now: int, allowed: bool) -> None:
+        """Charge ``check`` if the decision allowed; a log drops its expired entries anyway."""
+        if allowed:
+            self._charge(check, now)
+        elif check.entry is not None and check.spec.algorithm is _SLIDING_LOG:
+            del check.entry.log[: check.result]
 
     async def peek(self, spec: LimitSpec) -> LimitState:
         """The state for a request of ``spec.cost``; nothing is written."""
@@ -163,35 +190,24 @@ class MemoryStorage(Storage):
 
     def _live(self, spec: LimitSpec, now: int) -> _Entry | None:
         entry = self._entries.get(spec.key)
-        if entry is None or entry.expires_at <= now or entry.algorithm != spec.algorithm:
+        if entry is None or entry.expires_at <= now or entry.algorithm is not spec.algorithm:
             return None
         return entry
 
     def _check(self, spec: LimitSpec, now: int, *, peek: bool = False) -> _Check:
         entry = self._live(spec, now)
-        if spec.algorithm is Algorithm.TOKEN_BUCKET:
+        algorithm = spec.algorithm
+        if algorithm is _TOKEN_BUCKET:
             decision, result = alg.token_bucket(spec, entry.tat if entry else None, now, peek=peek)
-        elif spec.algorithm is Algorithm.SLIDING_LOG:
+        elif algorithm is _SLIDING_LOG:
             decision, result = alg.sliding_log(spec, entry.log if entry else (), now, peek=peek)
         else:
-            prev, curr = self._window_counts(spec, entry, now)
-            if spec.algorithm is Algorithm.FIXED_WINDOW:
+            prev, curr = _window_counts(spec, entry, now)
+            if algorithm is _FIXED_WINDOW:
                 decision, result = alg.fixed_window(spec, curr, now, peek=peek)
             else:
                 decision, result = alg.sliding_window(spec, prev, curr, now, peek=peek)
         return _Check(spec, entry, decision, result)
-
-    @staticmethod
-    def _window_counts(spec: LimitSpec, entry: _Entry | None, now: int) -> tuple[int, int]:
-        """(count of window idx-1, count of window idx) from an entry that may be older."""
-        if entry is None:
-            return 0, 0
-        idx = alg.window_index(now, spec.window_ms)
-        if entry.index == idx:
-            return entry.prev, entry.curr
-        if entry.index == idx - 1:
-            return entry.curr, 0
-        return 0, 0
 
     def _charge(self, check: _Check, now: int) -> None:
         spec, entry = check.spec, check.entry
@@ -199,16 +215,35 @@ class MemoryStorage(Storage):
         if entry is None:
             entry = _Entry(spec.algorithm, expires_at=0)
             self._entries[spec.key] = entry
-        if spec.algorithm is Algorithm.TOKEN_BUCKET:
+        algorithm = spec.algorithm
+        if algorithm is _TOKEN_BUCKET:
             entry.tat = check.result
-        elif spec.algorithm is Algorithm.SLIDING_LOG:
+        elif algorithm is _SLIDING_LOG:
             del entry.log[: check.result]
             entry.log.extend([now] * spec.cost)
         else:
-            entry.prev, _ = self._window_counts(spec, entry, now)
+            entry.prev, _ = _window_counts(spec, entry, now)
             entry.index = alg.window_index(now, spec.window_ms)
             entry.curr = check.result
         entry.expires_at = now + check.decision.ttl_ms
         if fresh:
             entry.scheduled = entry.expires_at
             heapq.heappush(self._expiry, (entry.expires_at, spec.key))
+
+
+# Module constants: an enum member read through its class costs a lookup on every decision.
+_FIXED_WINDOW, _SLIDING_LOG, _TOKEN_BUCKET = (
+    Algorithm.FIXED_WINDOW, Algorithm.SLIDING_LOG, Algorithm.TOKEN_BUCKET
+)
+
+
+def _window_counts(spec: LimitSpec, entry: _Entry | None, now: int) -> tuple[int, int]:
+    """(count of window idx-1, count of window idx) from an entry that may be older."""
+    if entry is None:
+        return 0, 0
+    idx = now // spec.window_ms  # alg.window_index, without the call
+    if entry.index == idx:
+        return entry.prev, entry.curr
+    if entry.index == idx - 1:
+        return entry.curr, 0
+    return 0, 0
