@@ -202,12 +202,21 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers = []  # 1xx interim responses are not forwarded
             return
         content_length = None
-        chunked = False
+        codings: list[bytes] = []
         for name, value in self._headers:
             if name == b"content-length":
                 content_length = int(value)
             elif name == b"transfer-encoding":
-                chunked = True
+                codings += (c.strip().lower() for c in value.split(b","))
+        chunked = bool(codings)
+        if chunked and codings != [b"chunked"]:
+            # Relayed without its coding (gzip, ...) the body would reach the client as
+            # garbage; nginx answers 502 too. The rest of the connection is unreadable.
+            self.reusable = False
+            named = b", ".join(codings).decode("latin-1")
+            exchange.fail(UpstreamError("protocol", f"unsupported Transfer-Encoding: {named}"))
+            self.close()
+            return
         keep_alive = parser.should_keep_alive()
         no_body = exchange.head_only or status in (204, 304) or status == 101
         exchange.body_until_eof = not no_body and content_length is None and not chunked

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 
@@ -242,6 +243,30 @@ def test_unasked_101_closes_the_client_and_is_never_pooled(
         response = client.request(get("/switch"))
         assert response.status == 101
         assert (response.header("connection") or "").lower() == "close"
+    with RawClient(gateway.port) as client:
+        after = client.request(get("/after"))
+        assert (after.status, after.body) == (200, b"next")
+
+
+def test_upstream_transfer_coding_other_than_chunked_is_a_502(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """An upstream body in a transfer coding we cannot pass on (gzip, close-delimited) is a 502
+    with a JSON body, as nginx answers: relayed without the coding it would reach the client as
+    garbage. Its connection is not reused; the next request is answered."""
+
+    async def reply(conn: UpstreamConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == "/gzip":
+                await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b")
+                return  # close-delimited
+            await conn.respond(200, b"next")
+
+    scripted.reset(reply)
+    with RawClient(gateway.port) as client:
+        response = client.request(get("/gzip"))
+        assert response.status == 502
+        assert json.loads(response.body)["error"]
     with RawClient(gateway.port) as client:
         after = client.request(get("/after"))
         assert (after.status, after.body) == (200, b"next")
