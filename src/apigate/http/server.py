@@ -32,6 +32,9 @@ log = logging.getLogger("apigate.http")
 
 MAX_PIPELINE = 16
 _HEAD_SLACK = 1024
+# Bytes a client may send after an Upgrade request's head before the upstream has answered;
+# past this, reading pauses until the tunnel opens (or the refused upgrade closes).
+_UPGRADE_BUFFER = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +237,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._upgrade_data is not None:
             self._upgrade_data += data
+            if len(self._upgrade_data) > _UPGRADE_BUFFER:
+                self.pause_reading()  # until the tunnel opens (take_upgrade_data)
             return
         if self._closing:
             return
@@ -442,4 +447,5 @@ class HttpConnection(asyncio.Protocol):
         """Bytes the client sent after an Upgrade request's head; tunnel mode starts now."""
         data = bytes(self._upgrade_data or b"")
         self._upgrade_data = None
+        self.resume_reading()
         return data

@@ -82,6 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel: Callable[[bytes], None] | None = None
         self.upgraded = False
         self.on_lost: Callable[[], None] | None = None
+        self.on_writable: Callable[[], None] | None = None  # after a write pause ends
         self._headers: list[tuple[bytes, bytes]] = []
         self._writing_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -117,6 +118,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._writing_paused = False
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        if self.on_writable is not None:
+            self.on_writable()
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused
 
     async def drain(self) -> None:
         if self._writing_paused and not self.closed:

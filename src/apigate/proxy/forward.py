@@ -228,14 +228,26 @@ async def _tunnel(client: HttpConnection, conn: UpstreamConnection, exchange: Ex
         if not closed.done():
             closed.set_result(None)
 
+    def to_client(data: bytes) -> None:
+        client.write(data)
+        if client.writing_paused:  # a slow reader: stop reading the other side until it drains
+            conn.pause_reading()
+
+    def to_upstream(data: bytes) -> None:
+        conn.write(data)
+        if conn.writing_paused:
+            client.pause_reading()
+
     for chunk in exchange.buffered:
         client.write(chunk)
     exchange.buffered.clear()
-    conn.tunnel = client.write
-    client.tunnel = conn.write
+    conn.tunnel = to_client
+    client.tunnel = to_upstream
+    client.on_writable = conn.resume_reading
+    conn.on_writable = client.resume_reading
     early = client.take_upgrade_data()
     if early:
-        conn.write(early)
+        to_upstream(early)
     client.tunnel_closed = close_both
     conn.on_lost = close_both
     if conn.closed:

@@ -4,14 +4,18 @@ bodiless responses, trailers and Upgrade tunnels, against a real ``apigate run``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 from tests.integration.http.helpers import gateway_config, route, upstream
-from tests.integration.http.rawclient import RawClient, get
+from tests.integration.http.rawclient import RawClient, get, wait_until
 from tests.support.gateway import Gateway, running_gateway
 from tests.support.upstreams import ScriptedUpstream, UpstreamConn, UpstreamLoop, echo_json
 
@@ -311,6 +315,84 @@ def test_upgrade_is_tunnelled_both_ways_after_101(
     request = scripted.requests[0]
     assert (request.header("upgrade") or "").lower() == "websocket"
     assert request.header("sec-websocket-key") == "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+_WS_HEAD = (
+    b"GET /ws HTTP/1.1\r\nHost: gw.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+)
+_SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+MIB = 1 << 20
+# What kernel socket buffers on the way can hold while nobody reads (loopback autotuning
+# grows a receive buffer to tcp_rmem's maximum, 32 MiB here): far below the flood sizes.
+FLOOD_MIB = 128
+HELD_MAX_MIB = 64
+
+
+@pytest.mark.slow
+def test_tunnel_stops_reading_the_upstream_while_the_client_does_not_read(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """A tunnel to a client that reads nothing stops reading its upstream (the upstream's
+    writes block) instead of buffering everything the upstream sends; then all of it flows."""
+    sent = [0]
+
+    async def flood(conn: UpstreamConn) -> None:
+        await conn.read_head()
+        await conn.send(_SWITCHED)
+        block = b"u" * MIB
+        for _ in range(FLOOD_MIB):
+            await conn.send(block)  # blocks while the gateway does not read
+            sent[0] += MIB
+        await conn.reader.read()  # until the client goes
+
+    scripted.reset(flood)
+    with RawClient(gateway.port, timeout=10) as client:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.send(_WS_HEAD)
+        assert client.read_response(head=True).status == 101
+        time.sleep(2.0)  # the client reads nothing
+        held = sent[0]
+        assert held < HELD_MAX_MIB * MIB, f"the upstream wrote {held / MIB:.0f} MiB unread"
+        received = len(client.leftover())
+        while received < FLOOD_MIB * MIB:
+            data = client.sock.recv(1 << 20)
+            assert data, "the tunnel closed early"
+            received += len(data)
+    assert received == FLOOD_MIB * MIB
+
+
+@pytest.mark.slow
+def test_bytes_after_an_upgrade_head_are_not_buffered_without_bound(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """Before the upstream answers 101 the gateway reads only a little of what the client sends
+    after the Upgrade head; once the tunnel opens, every byte arrives upstream."""
+    answer = threading.Event()
+    received = [0]
+
+    async def slow_to_switch(conn: UpstreamConn) -> None:
+        await conn.read_head()
+        await asyncio.to_thread(answer.wait, 10)  # set by the test's thread
+        await conn.send(_SWITCHED)
+        while data := await conn.reader.read(1 << 20):
+            received[0] += len(data)
+
+    scripted.reset(slow_to_switch)
+    with RawClient(gateway.port, timeout=10) as client:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        client.send(_WS_HEAD)
+        block = b"c" * MIB
+        pushed = 0
+        client.sock.settimeout(2.0)  # the gateway stops reading: sending blocks, then times out
+        with contextlib.suppress(TimeoutError):
+            while pushed < FLOOD_MIB * MIB:
+                pushed += client.sock.send(block)
+        assert pushed < HELD_MAX_MIB * MIB, f"the gateway took {pushed / MIB:.0f} MiB unasked"
+        answer.set()
+        client.sock.settimeout(10)
+        assert client.read_response(head=True).status == 101
+        wait_until(lambda: received[0] == pushed, timeout=10)
+    assert received[0] == pushed
 
 
 def test_refused_upgrade_leaves_the_connection_answering(
