@@ -35,6 +35,9 @@ _HEAD_SLACK = 1024
 # Bytes a client may send after an Upgrade request's head before the upstream has answered;
 # past this, reading pauses until the tunnel opens (or the refused upgrade closes).
 _UPGRADE_BUFFER = 64 * 1024
+# Why reading from a client is paused. Each reason is lifted on its own: a request body's
+# back-pressure must hold while the pipeline drains, and the other way round.
+_PAUSE_FLOW, _PAUSE_PIPELINE, _PAUSE_UPGRADE, _PAUSE_CLOSING = 1, 2, 4, 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,7 @@ class HttpConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.Future[None] | None = None
         self._closing = False
-        self._reading_paused = False
+        self._pauses = 0  # why reading is paused: a set of _PAUSE_* bits, 0 when reading
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.on_writable: Callable[[], None] | None = None
@@ -155,14 +158,20 @@ class HttpConnection(asyncio.Protocol):
 
     # -- flow control ---------------------------------------------------------------------
 
-    def pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
+    def pause_reading(self, reason: int = 0) -> None:
+        """Stop reading for ``reason`` (default: flow control of a body or tunnel)."""
+        reason = reason or _PAUSE_FLOW
+        if not self._pauses and self.transport is not None:
             self.transport.pause_reading()
+        self._pauses |= reason
 
-    def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and not self._closing:
-            self._reading_paused = False
+    def resume_reading(self, reason: int = 0) -> None:
+        """Lift the pause for ``reason``; reading resumes once no other reason holds it."""
+        reason = reason or _PAUSE_FLOW
+        if not self._pauses & reason:
+            return
+        self._pauses &= ~reason
+        if not self._pauses and self.transport is not None and not self._closing:
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:
@@ -238,7 +247,7 @@ class HttpConnection(asyncio.Protocol):
         if self._upgrade_data is not None:
             self._upgrade_data += data
             if len(self._upgrade_data) > _UPGRADE_BUFFER:
-                self.pause_reading()  # until the tunnel opens (take_upgrade_data)
+                self.pause_reading(_PAUSE_UPGRADE)  # until the tunnel opens
             return
         if self._closing:
             return
@@ -293,7 +302,7 @@ class HttpConnection(asyncio.Protocol):
         writer = ResponseWriter(self, request)
         self._queue.append((request, writer))
         if len(self._queue) >= MAX_PIPELINE:
-            self.pause_reading()
+            self.pause_reading(_PAUSE_PIPELINE)
         if len(self._queue) == 1:
             self._start_next()
 
@@ -405,8 +414,8 @@ class HttpConnection(asyncio.Protocol):
         if writer.close or self._closing or not writer.started:
             self.close()
             return
-        if self._reading_paused and len(self._queue) < MAX_PIPELINE:
-            self.resume_reading()
+        if len(self._queue) < MAX_PIPELINE:
+            self.resume_reading(_PAUSE_PIPELINE)
         if self._queue:
             return
         if self._in_head:
@@ -439,7 +448,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _closing_after_queue(self, error: HttpError) -> None:
         """Earlier requests are still being answered: stop reading, let them finish, close."""
-        self.pause_reading()
+        self.pause_reading(_PAUSE_CLOSING)
         for _, writer in self._queue:
             writer.close = True
 
@@ -447,5 +456,5 @@ class HttpConnection(asyncio.Protocol):
         """Bytes the client sent after an Upgrade request's head; tunnel mode starts now."""
         data = bytes(self._upgrade_data or b"")
         self._upgrade_data = None
-        self.resume_reading()
+        self.resume_reading(_PAUSE_UPGRADE)
         return data

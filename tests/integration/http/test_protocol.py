@@ -395,6 +395,61 @@ def test_bytes_after_an_upgrade_head_are_not_buffered_without_bound(
     assert received[0] == pushed
 
 
+@pytest.mark.slow
+def test_queued_request_body_keeps_its_back_pressure_while_the_pipeline_drains(
+    scripted: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A pipelined upload queued behind two slow requests is read only up to its buffer: when
+    the first slow request is answered, the body's pause holds (it used to be lifted with the
+    pipeline's, and the body was read into memory up to max_body_bytes). Then all of it flows."""
+    first, second = threading.Event(), threading.Event()
+    uploaded = [0]
+
+    async def reply(conn: UpstreamConn) -> None:
+        while (request := await conn.read_head()) is not None:
+            if request.target in ("/hold1", "/hold2"):
+                await asyncio.to_thread((first if request.target == "/hold1" else second).wait, 20)
+                await conn.respond(200, b"held")
+            else:
+                uploaded[0] = await conn.read_body(request, keep=False)
+                await conn.respond(200, b"stored")
+
+    scripted.reset(reply)
+    config = gateway_config(
+        {"script": upstream(scripted.url, read_timeout_s=30, max_failures=1000)},
+        [route("all", "script", path_prefix="/")],
+        max_body_bytes=1 << 30,
+    )
+    size = FLOOD_MIB * MIB
+    with running_gateway(config, tmp_path_factory.mktemp("pipelined-body")) as gw, RawClient(
+        gw.port, timeout=20
+    ) as client:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        client.send(get("/hold1") + get("/hold2") + (
+            f"POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {size}\r\n\r\n"
+        ).encode())
+        block, pushed = b"b" * MIB, 0
+
+        def push_for(seconds: float) -> None:
+            nonlocal pushed
+            client.sock.settimeout(seconds)
+            with contextlib.suppress(TimeoutError):
+                while pushed < size:
+                    pushed += client.sock.send(block[: min(MIB, size - pushed)])
+
+        push_for(1.0)
+        first.set()  # /hold1 answered: the pipeline moves, /hold2 still holds the upload back
+        assert client.read_response().status == 200
+        push_for(2.0)
+        assert pushed < HELD_MAX_MIB * MIB, f"the gateway read {pushed / MIB:.0f} MiB unasked"
+        second.set()
+        push_for(20.0)
+        assert pushed == size
+        client.sock.settimeout(20)
+        assert [client.read_response().status for _ in range(2)] == [200, 200]
+    assert uploaded[0] == size
+
+
 def test_refused_upgrade_leaves_the_connection_answering(
     gateway: Gateway, scripted: ScriptedUpstream
 ) -> None:
