@@ -414,7 +414,7 @@ class HttpConnection(asyncio.Protocol):
         if writer.close or self._closing or not writer.started:
             self.close()
             return
-        if len(self._queue) < MAX_PIPELINE:
+        if self._pauses & _PAUSE_PIPELINE and len(self._queue) < MAX_PIPELINE:
             self.resume_reading(_PAUSE_PIPELINE)
         if self._queue:
             return
