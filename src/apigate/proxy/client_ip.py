@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Iterable
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_VERDICTS_MAX = 4096
 
 
 class TrustedProxies:
@@ -23,15 +24,23 @@ class TrustedProxies:
         self._networks: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(c, strict=False) for c in cidrs
         )
-
-    @property
-    def enabled(self) -> bool:
-        """False when no proxy is trusted: the client is always the socket peer."""
-        return bool(self._networks)
+        # False when no proxy is trusted: the client is always the socket peer.
+        self.enabled = bool(self._networks)
+        # address -> trusted? Peers are few (the load balancers), so each is parsed once per
+        # process instead of twice per request; bounded, as X-Forwarded-For hops come here too.
+        self._verdicts: dict[str, bool] = {}
 
     def trusts(self, address: str) -> bool:
-        if not self._networks:
+        if not self.enabled:
             return False
+        verdict = self._verdicts.get(address)
+        if verdict is None:
+            if len(self._verdicts) >= _VERDICTS_MAX:
+                self._verdicts.clear()
+            verdict = self._verdicts[address] = self._in_networks(address)
+        return verdict
+
+    def _in_networks(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
