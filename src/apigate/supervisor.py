@@ -169,9 +169,14 @@ class Supervisor:
                 await old.limiter.aclose()
         if config.observability.log_level != self._config.observability.log_level:
             configure_logging(config.observability.log_level)
+        later = restart_only_changes(self._config, config)
         self._config = config
         self._signal_workers(signal.SIGHUP)
         log.info("config reloaded")
+        if later:
+            message = f"reloaded; takes effect after a restart: {', '.join(later)}"
+            log.warning(message)
+            return True, message
         return True, "reloaded"
 
     async def _watch_file(self, interval_s: float = 1.0) -> None:
@@ -256,7 +261,10 @@ class Supervisor:
     async def _admin_reload(self, request: AdminRequest) -> AdminResponse:
         ok, message = await self.reload()
         if ok:
-            return AdminResponse.of({"status": "reloaded"})
+            reply = {"status": "reloaded"}
+            if message != "reloaded":
+                reply["detail"] = message  # settings that wait for a restart
+            return AdminResponse.of(reply)
         return AdminResponse.of({"error": "config refused", "detail": message}, status=400)
 
     async def _ready(self) -> tuple[bool, str]:
@@ -278,3 +286,19 @@ class Supervisor:
 def check_listen(config: Config) -> None:
     """Fail fast, in the supervisor, when the data-plane port cannot be bound."""
     listen_socket(config.server.listen).close()
+
+
+# Settings bound when the process starts (sockets, process count, the metrics sink): a reload
+# that changes them is applied otherwise, and says they wait for a restart.
+_RESTART_ONLY = (
+    ("server", "listen"), ("server", "admin_listen"), ("server", "workers"),
+    ("observability", "metrics"),
+)
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The dotted names of settings ``new`` changes that only a restart applies."""
+    return [
+        f"{section}.{name}" for section, name in _RESTART_ONLY
+        if getattr(getattr(old, section), name) != getattr(getattr(new, section), name)
+    ]

@@ -110,8 +110,6 @@ class Worker:
             log.error("config reload refused: %s", exc)
             self._metrics.config_reload(False)
             return False
-        if config.server.listen != self._config.server.listen:
-            log.warning("server.listen changed: it takes effect after a restart")
         if config.observability.log_level != self._config.observability.log_level:
             configure_logging(config.observability.log_level)
         await new.limiter.start()

@@ -4,6 +4,7 @@ drain and SIGHUP reloads."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -224,6 +225,23 @@ def test_reload_applies_a_new_log_level(reloadable: Gateway, scripted: ScriptedU
     reload_with("/v4", "error")
     time.sleep(0.5)
     assert reloadable.output().count("config reloaded") == before
+
+
+def test_reload_names_the_settings_that_wait_for_a_restart(
+    reloadable: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """A reload that also turns metrics off applies the rest (the new route serves) and says,
+    in the log and the admin reply, that observability.metrics waits for a restart."""
+    config = config_for(scripted, prefix="/v2")
+    config["server"] = reloadable.config["server"]
+    config["observability"] = {**config["observability"], "metrics": False}  # type: ignore[dict-item]
+    reloadable.write_config(config)
+    request = urllib.request.Request(f"{reloadable.admin_url}/admin/reload", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        body = json.loads(reply.read())
+    assert "takes effect after a restart: observability.metrics" in json.dumps(body)
+    assert wait_until(lambda: fetch(reloadable, "/v2").status == 200)
+    assert "takes effect after a restart: observability.metrics" in reloadable.output()
 
 
 def test_bad_config_reload_is_refused_and_old_config_serves(reloadable: Gateway) -> None:
