@@ -22,6 +22,7 @@ from apigate.admin import consumers_api, ratelimit_api
 from apigate.admin.server import AdminServer, default_dashboard
 from apigate.admin.types import AdminRequest, AdminResponse, AdminRoute
 from apigate.config import Config, ConfigError, load_config
+from apigate.cpus import usable_cpus
 from apigate.observability import metrics as metrics_module
 from apigate.observability.logging import configure_logging
 from apigate.observability.metrics import NullMetrics
@@ -48,7 +49,7 @@ def worker_count(config: Config, override: int | None) -> int:
     if override is not None:
         return override
     workers = config.server.workers
-    return os.cpu_count() or 1 if workers == "auto" else int(workers)
+    return usable_cpus() if workers == "auto" else int(workers)
 
 
 class Supervisor:

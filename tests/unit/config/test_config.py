@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from apigate.config import ConfigError, load_config, parse_config
 from apigate.config.types import HostPort
+from apigate.cpus import usable_cpus
 from apigate.supervisor import worker_count
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
@@ -105,11 +105,12 @@ def test_empty_file_gives_the_documented_defaults(tmp_path: Path) -> None:
     assert load_config(tmp_path / "empty.yaml", env={}).server == example.server
 
 
-def test_workers_auto_means_one_per_cpu() -> None:
-    """``workers: auto`` is kept as written and means os.cpu_count() processes; --workers wins."""
+def test_workers_auto_means_one_per_usable_cpu() -> None:
+    """``workers: auto`` is kept as written and means one process per CPU this process may use
+    (see test_cpus); --workers wins."""
     config = parse_config("server:\n  workers: auto\n", source="t.yaml", env={})
     assert config.server.workers == "auto"
-    assert worker_count(config, None) == (os.cpu_count() or 1)
+    assert worker_count(config, None) == usable_cpus()
     assert worker_count(config, 3) == 3
     assert worker_count(parse_config("server:\n  workers: 4\n", source="t", env={}), None) == 4
 
