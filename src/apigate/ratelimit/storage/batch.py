@@ -24,11 +24,12 @@ from apigate.ratelimit.storage.client import RespClient
 from apigate.ratelimit.storage.resp import Arg, Command, ReplyError, Script
 
 _EVALSHA = b"EVALSHA"
-# id(specs) -> (specs, its keys as RESP bulk strings, its arguments as RESP bulk strings (group
-# size, five per spec, mode), its key count). The specs object itself is kept so its id cannot
-# be reused by another object while cached; the limiter hands the same list back for the same
-# client, so a decision costs a dict lookup and two appends.
-_Encoded = tuple[Sequence[LimitSpec], bytes, bytes, int]
+# id(spec) -> (spec, its key as a RESP bulk string, its five arguments as RESP bulk strings,
+# the arguments of a group of this spec alone: size 1, the five, mode). Keyed per spec, not per
+# group: the limiter hands the same spec objects back for the same client, but a caller may
+# build a new list or tuple around them every time. The spec itself is kept so its id cannot
+# be reused by another object while cached.
+_Encoded = tuple[LimitSpec, bytes, bytes, bytes]
 _ENCODED_MAX = 10_000
 
 
@@ -37,7 +38,7 @@ def _bulk(value: str | int) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-_DECIDE_MODE = _bulk(0)
+_ONE, _DECIDE_MODE = _bulk(1), _bulk(0)
 # One future per decision of a batch, each handed the whole reply: a shared future would be
 # cancelled for all of them when one request's task is cancelled (its client left).
 _Futures = list["asyncio.Future[Reply]"]
@@ -88,34 +89,41 @@ class DecisionBatcher:
                 loop = self._loop = asyncio.get_running_loop()
             self._scheduled_on = loop
             loop.call_soon(self._end_of_tick)
-        enc = self._encoded.get(id(specs))
-        if enc is None or enc[0] is not specs:
-            enc = self._encode(specs)
         fut: asyncio.Future[Reply] = loop.create_future()
         futures = self._futures
         pos = len(futures) + 3 * self._keys  # one allowed flag per group, three ints per spec
         futures.append(fut)
         self._groups.append(specs)
-        self._key_parts.append(enc[1])
-        self._arg_parts.append(enc[2])
-        self._keys += enc[3]
+        encoded = self._encoded
+        if len(specs) == 1:  # the common case, without a loop
+            spec = specs[0]
+            enc = encoded.get(id(spec))
+            if enc is None or enc[0] is not spec:
+                enc = self._encode(spec)
+            self._key_parts.append(enc[1])
+            self._arg_parts.append(enc[3])
+            self._keys += 1
+        else:
+            self._arg_parts.append(_bulk(len(specs)))
+            for spec in specs:
+                enc = encoded.get(id(spec))
+                if enc is None or enc[0] is not spec:
+                    enc = self._encode(spec)
+                self._key_parts.append(enc[1])
+                self._arg_parts.append(enc[2])
+            self._arg_parts.append(_DECIDE_MODE)
+            self._keys += len(specs)
         if len(futures) >= self._max_groups:
             self._send()
         return fut, pos
 
-    def _encode(self, specs: Sequence[LimitSpec]) -> _Encoded:
+    def _encode(self, spec: LimitSpec) -> _Encoded:
         if len(self._encoded) >= _ENCODED_MAX:
             self._encoded.clear()
-        args: list[int] = [len(specs)]
-        for s in specs:
-            args += (self._codes[s.algorithm], s.limit, s.window_ms, s.burst, s.cost)
-        enc = (
-            specs,
-            b"".join(_bulk(s.key) for s in specs),
-            b"".join(_bulk(a) for a in args) + _DECIDE_MODE,
-            len(specs),
-        )
-        self._encoded[id(specs)] = enc
+        args = (self._codes[spec.algorithm], spec.limit, spec.window_ms, spec.burst, spec.cost)
+        five = b"".join(_bulk(a) for a in args)
+        enc = (spec, _bulk(spec.key), five, _ONE + five + _DECIDE_MODE)
+        self._encoded[id(spec)] = enc
         return enc
 
     def _end_of_tick(self) -> None:
