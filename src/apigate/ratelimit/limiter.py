@@ -206,7 +206,9 @@ class RateLimiter:
         if rt.breaker.state is not BreakerState.CLOSED:
             return None
         submitted = rt.storage.submit(plan.specs)
-        return None if submitted is None else (plan, *submitted)
+        if submitted is None:
+            return None
+        return plan, submitted[0], submitted[1]
 
     def conclude(
         self, plan: _Plan, reply: Reply, pos: int, out: list[hdr.Header]
