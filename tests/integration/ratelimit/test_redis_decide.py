@@ -11,7 +11,14 @@ from tests.support.redis_servers import RedisServer
 
 from apigate.config.model import StorageConfig
 from apigate.ratelimit.storage.base import Algorithm, LimitSpec, Outcome, StorageError
-from apigate.ratelimit.storage.redis import RedisStorage
+from apigate.ratelimit.storage.redis import (
+    DECIDE,
+    MODE_STAMPED,
+    RedisStorage,
+    decide_command,
+    parse_outcome,
+    parse_stamp,
+)
 
 LONG_MS = 10_000_000_000  # ~115 days: no window boundary falls inside a test
 
@@ -96,6 +103,32 @@ async def test_refund_and_reset_undo_charges(storage: RedisStorage) -> None:
     for spec in specs:
         await storage.reset(spec)
     assert [(await storage.peek(s)).remaining for s in specs] == [5, 5, 5, 5]
+
+
+@pytest.mark.parametrize("algorithm", [Algorithm.FIXED_WINDOW, Algorithm.SLIDING_WINDOW])
+async def test_refund_after_the_window_rolled_over_undoes_the_old_window(
+    storage: RedisStorage, redis_server: RedisServer, algorithm: Algorithm
+) -> None:
+    """A refund names the Redis time of its charge (MODE_STAMPED answers it): once the window
+    has rolled over, the charge is taken back from the window it was made in, not from the
+    new window's count (which would let one extra request through there)."""
+    spec = LimitSpec(f"{tag()}:p", algorithm, 5, 400)
+    reply = await storage.client.run_script(
+        DECIDE, decide_command([spec], MODE_STAMPED), timeout_s=2
+    )
+    charged = parse_outcome(reply, 1, stamped=True)
+    stamp = parse_stamp(reply)
+    assert charged.allowed
+    await asyncio.sleep((charged.states[0].reset_ms + 50) / 1000)  # the next window
+    assert (await storage.decide([spec])).allowed  # one charge in the new window
+
+    def count(window: int) -> int:
+        return int(redis_server.node.cmd("GET", f"{spec.key}:{window}") or 0)
+
+    old, new = stamp // 400, stamp // 400 + 1
+    assert (count(old), count(new)) == (1, 1)
+    await storage.refund([spec], at=stamp)
+    assert (count(old), count(new)) == (0, 1)  # the old window gave it back, the new kept its
 
 
 @pytest.mark.parametrize("algorithm", list(Algorithm))

@@ -29,9 +29,11 @@ from apigate.ratelimit.storage.redis import (
     MODE_PEEK,
     MODE_REFUND,
     MODE_RESET,
+    MODE_STAMPED,
     SLOW_CALL_S,
     decide_command,
     parse_outcome,
+    parse_stamp,
 )
 from apigate.ratelimit.storage.resp import Command, Endpoint, ReplyError, Script
 from apigate.ratelimit.storage.slotmap import SLOTS, SlotMap, parse_cluster_url
@@ -84,15 +86,25 @@ class ClusterStorage(Storage):
             groups.setdefault(key_slot(spec.key), []).append(i)
         order = sorted(groups.items())
         states: list[LimitState | None] = [None] * len(specs)
+        # Each charged group's Redis time: its refund undoes the charge in the window it was
+        # made in, even if that window has ended since.
+        stamps: list[int] = []
         for done, (slot, idx) in enumerate(order):
+            group = [specs[i] for i in idx]
             try:
-                outcome = await self._group(slot, [specs[i] for i in idx], MODE_DECIDE, deadline)
+                reply = await self._run(
+                    slot, DECIDE, decide_command(group, MODE_STAMPED), deadline
+                )
+                outcome = parse_outcome(reply, len(group), stamped=True)
             except StorageError:
-                await self._settle(specs, order[:done], MODE_REFUND, states, deadline)
+                await self._settle(specs, order[:done], MODE_REFUND, states, deadline,
+                                  stamps=stamps)
                 raise
+            stamps.append(parse_stamp(reply))
             _place(states, idx, outcome.states)
             if not outcome.allowed:
-                await self._settle(specs, order[:done], MODE_REFUND, states, deadline)
+                await self._settle(specs, order[:done], MODE_REFUND, states, deadline,
+                                  stamps=stamps)
                 await self._settle(specs, order[done + 1 :], MODE_PEEK, states, deadline)
                 return Outcome(False, tuple(s for s in states if s is not None))
         return Outcome(True, tuple(s for s in states if s is not None))
@@ -104,10 +116,17 @@ class ClusterStorage(Storage):
         mode: int,
         states: list[LimitState | None],
         deadline: float,
+        *,
+        stamps: Sequence[int] = (),
     ) -> None:
-        """Refund (or peek) ``groups`` concurrently and record their states."""
+        """Refund (each at its charge's ``stamps``) or peek ``groups`` concurrently and record
+        their states."""
         results = await asyncio.gather(
-            *(self._group(slot, [specs[i] for i in idx], mode, deadline) for slot, idx in groups),
+            *(
+                self._group(slot, [specs[i] for i in idx], mode, deadline,
+                            stamps[n] if mode == MODE_REFUND else 0)
+                for n, (slot, idx) in enumerate(groups)
+            ),
             return_exceptions=True,
         )
         for (_, idx), result in zip(groups, results, strict=True):
@@ -116,9 +135,9 @@ class ClusterStorage(Storage):
             _place(states, idx, result.states)
 
     async def _group(
-        self, slot: int, specs: Sequence[LimitSpec], mode: int, deadline: float
+        self, slot: int, specs: Sequence[LimitSpec], mode: int, deadline: float, at: int = 0
     ) -> Outcome:
-        reply = await self._run(slot, DECIDE, decide_command(specs, mode), deadline)
+        reply = await self._run(slot, DECIDE, decide_command(specs, mode, at), deadline)
         return parse_outcome(reply, len(specs))
 
     async def _run(self, slot: int, script: Script, command: Command, deadline: float) -> Any:

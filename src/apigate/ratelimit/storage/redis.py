@@ -27,7 +27,7 @@ from apigate.ratelimit.storage.resp import Arg, Command, Script, endpoint_from_u
 DECIDE = Script.from_package("decide.lua")
 HEARTBEAT = Script.from_package("heartbeat.lua")
 
-MODE_DECIDE, MODE_PEEK, MODE_REFUND, MODE_RESET = 0, 1, 2, 3
+MODE_DECIDE, MODE_PEEK, MODE_REFUND, MODE_RESET, MODE_STAMPED = 0, 1, 2, 3, 4
 
 _EVALSHA = b"EVALSHA"
 _CODE = {algorithm: int(algorithm) for algorithm in Algorithm}  # hiredis wants plain ints
@@ -36,26 +36,38 @@ _CODE = {algorithm: int(algorithm) for algorithm in Algorithm}  # hiredis wants 
 SLOW_CALL_S = 1.0
 
 
-def decide_command(specs: Sequence[LimitSpec], mode: int) -> Command:
-    """``EVALSHA <decide.lua> n k1..kn n alg limit window burst cost ... mode`` for ``specs``."""
+def decide_command(specs: Sequence[LimitSpec], mode: int, at: int = 0) -> Command:
+    """``EVALSHA <decide.lua> n k1..kn n alg limit window burst cost ... mode`` for ``specs``;
+    a refund adds ``at``, the Redis time (ms) of the charge it undoes (0: now)."""
+    extra: tuple[int, ...] = (mode, at) if mode == MODE_REFUND else (mode,)
     if len(specs) == 1:
         s = specs[0]
         return (_EVALSHA, DECIDE.sha, 1, s.key, 1, _CODE[s.algorithm], s.limit, s.window_ms,
-                s.burst, s.cost, mode)  # fmt: skip
+                s.burst, s.cost, *extra)  # fmt: skip
     args: list[Arg] = [_EVALSHA, DECIDE.sha, len(specs)]
     args += [spec.key for spec in specs]
     args.append(len(specs))
     for s in specs:
         args += (_CODE[s.algorithm], s.limit, s.window_ms, s.burst, s.cost)
-    args.append(mode)
+    args += extra
     return tuple(args)
 
 
-def parse_outcome(reply: Any, count: int) -> Outcome:
-    """``[1, 4, 900, 0]`` -> Outcome(True, (LimitState(4, 900, 0),)); anything else -> error."""
-    if type(reply) is not list or len(reply) != 1 + 3 * count:
+def parse_outcome(reply: Any, count: int, *, stamped: bool = False) -> Outcome:
+    """``[1, 4, 900, 0]`` -> Outcome(True, (LimitState(4, 900, 0),)); anything else -> error.
+
+    A stamped reply (MODE_STAMPED) ends with the decision's Redis time: see parse_stamp."""
+    if type(reply) is not list or len(reply) != 1 + 3 * count + stamped:
         raise StorageError(f"decide.lua returned {reply!r}")
     return group_outcome(reply, 0, count)
+
+
+def parse_stamp(reply: list[Any]) -> int:
+    """The Redis time (ms) a MODE_STAMPED decision was made at, for its refund."""
+    stamp = reply[-1]
+    if type(stamp) is not int:
+        raise StorageError(f"decide.lua returned {reply!r}")
+    return stamp
 
 
 class RedisStorage(Storage):
@@ -108,9 +120,12 @@ class RedisStorage(Storage):
         """The state of ``spec`` for a request of ``spec.cost``; writes nothing."""
         return (await self._decide((spec,), MODE_PEEK, self._timeout_s)).states[0]
 
-    async def refund(self, specs: Sequence[LimitSpec]) -> Outcome:
-        """Undo a charge of each spec's ``cost`` made moments ago; the states after it."""
-        return await self._decide(specs, MODE_REFUND, self._timeout_s)
+    async def refund(self, specs: Sequence[LimitSpec], at: int = 0) -> Outcome:
+        """Undo a charge of each spec's ``cost`` made moments ago (at Redis time ``at``, ms;
+        0: in the current window); the states after it."""
+        command = decide_command(specs, MODE_REFUND, at)
+        reply = await self.client.run_script(DECIDE, command, timeout_s=self._timeout_s)
+        return parse_outcome(reply, len(specs))
 
     async def reset(self, spec: LimitSpec) -> None:
         """Delete every key ``decide.lua`` keeps for ``spec`` (named, never SCANned)."""

@@ -8,9 +8,14 @@
 -- ARGV     = n, then per spec: algorithm (1..4), limit, window_ms, burst, cost, then the mode:
 --            0 decide: check all; charge all iff all allow
 --            1 peek:   check all; write nothing
---            2 refund: undo a charge of `cost` made moments ago, then answer as peek
+--            2 refund: undo a charge of `cost` made moments ago, then answer as peek; one more
+--                      argument follows the mode: the time of the charge (what mode 4
+--                      answered; 0: now), so a window that rolled over in between is not
+--                      the one refunded
 --            3 reset:  delete every key of every spec, then answer as peek (apigate
 --                      extension, used by reset())
+--            4 decide, stamped: as 0, and the group's reply ends with the time it was decided
+--                      at (apigate extension, for the refunds of a decision across slots)
 -- Returns  {allowed, then per spec: remaining, reset_ms, retry_after_ms}.
 -- Batches (apigate extension): several such groups may follow each other, KEYS and ARGV
 -- concatenated in the same order; the reply is the groups' replies concatenated. Each group
@@ -25,7 +30,7 @@
 -- each redis.call costs about as much as the rest of the script.
 
 local FIXED, SLIDING, LOG, TOKEN = 1, 2, 3, 4
-local DECIDE, PEEK, REFUND, RESET = 0, 1, 2, 3
+local DECIDE, PEEK, REFUND, RESET, STAMPED = 0, 1, 2, 3, 4
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -69,9 +74,9 @@ local function gcra(tkey, limit, w, burst, cost)
   return new_tat - now <= tolerance + 0.001, base, new_tat, per, tolerance
 end
 
-local function refund(key, alg, limit, w, cost)
+local function refund(key, alg, limit, w, cost, at)
   if alg == FIXED or alg == SLIDING then
-    local wkey = win_key(key, math.floor(now / w))
+    local wkey = win_key(key, math.floor(at / w))  -- the window charged, not the current one
     local count = tonumber(redis.call('GET', wkey))
     if count and count >= cost then redis.call('DECRBY', wkey, cost) end
   elseif alg == LOG then
@@ -91,7 +96,9 @@ local function refund(key, alg, limit, w, cost)
 end
 
 -- One group: specs at KEYS[k0 + i] and ARGV[a0 + 1 + 5 * (i - 1) ...]; appends to `out`.
-local function decide(k0, a0, n, mode, out)
+local function decide(k0, a0, n, mode, out, at)
+  local stamped = mode == STAMPED
+  if stamped then mode = DECIDE end
   local specs = {}
   for i = 1, n do
     local b = a0 + 5 * (i - 1)
@@ -106,6 +113,7 @@ local function decide(k0, a0, n, mode, out)
   if not specs then
     out[#out + 1] = -1
     for _ = 1, 3 * n do out[#out + 1] = 0 end
+    if stamped then out[#out + 1] = now end
     return
   end
   for i = 1, n do
@@ -114,7 +122,7 @@ local function decide(k0, a0, n, mode, out)
       local idx = math.floor(now / w)
       redis.call('DEL', win_key(key, idx), win_key(key, idx - 1), key .. ':log', key .. ':tat')
     elseif mode == REFUND then
-      refund(key, alg, limit, w, cost)
+      refund(key, alg, limit, w, cost, at)
     end
   end
   if mode == RESET or mode == REFUND then mode = PEEK end
@@ -210,6 +218,7 @@ local function decide(k0, a0, n, mode, out)
     out[#out + 1] = reset
     out[#out + 1] = r[1] and 0 or r[2]
   end
+  if stamped then out[#out + 1] = now end
 end
 
 -- The common group (one spec, a decision) without the tables of decide(). The window
@@ -271,15 +280,23 @@ while a0 < nargs do
   local n = tonumber(ARGV[a0 + 1])
   local mode = n and tonumber(ARGV[a0 + 2 + 5 * n])
   if not n or n < 1 or k0 + n > #KEYS or a0 + 2 + 5 * n > nargs or not mode or mode < DECIDE
-      or mode > RESET then
+      or mode > STAMPED then
     return redis.error_reply('ERR apigate decide: bad arguments')
+  end
+  local used = 2 + 5 * n
+  local at = now
+  if mode == REFUND then  -- the charge's time follows the mode
+    at = tonumber(ARGV[a0 + used + 1])
+    if not at or at < 0 then return redis.error_reply('ERR apigate decide: bad arguments') end
+    if at == 0 then at = now end
+    used = used + 1
   end
   if not (n == 1 and mode == DECIDE and decide_one(KEYS[k0 + 1], tonumber(ARGV[a0 + 2]),
       tonumber(ARGV[a0 + 3]), tonumber(ARGV[a0 + 4]), tonumber(ARGV[a0 + 5]),
       tonumber(ARGV[a0 + 6]), out, #out + 1)) then
-    decide(k0, a0, n, mode, out)
+    decide(k0, a0, n, mode, out, at)
   end
-  k0, a0 = k0 + n, a0 + 2 + 5 * n
+  k0, a0 = k0 + n, a0 + used
 end
 if k0 ~= #KEYS or #out == 0 then
   return redis.error_reply('ERR apigate decide: bad arguments')
