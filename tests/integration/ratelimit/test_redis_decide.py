@@ -131,6 +131,24 @@ async def test_refund_after_the_window_rolled_over_undoes_the_old_window(
     assert (count(old), count(new)) == (0, 1)  # the old window gave it back, the new kept its
 
 
+async def test_log_refund_removes_the_entries_of_its_own_charge(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    """A sliding_log refund with the charge's time removes that charge's entries, not the
+    newest ones, which may be a later request's."""
+    spec = LimitSpec(f"{tag()}:p", Algorithm.SLIDING_LOG, 5, 60_000)
+    reply = await storage.client.run_script(
+        DECIDE, decide_command([spec], MODE_STAMPED), timeout_s=2
+    )
+    stamp = parse_stamp(reply)
+    await asyncio.sleep(0.01)  # a later millisecond
+    assert (await storage.decide([spec])).allowed
+    await storage.refund([spec], at=stamp)
+    left = redis_server.node.cmd("ZRANGE", f"{spec.key}:log", 0, -1, "WITHSCORES")
+    assert len(left) == 1  # one [member, score] is left: the later request's
+    assert float(left[0][1]) > stamp
+
+
 @pytest.mark.parametrize("algorithm", list(Algorithm))
 async def test_one_spec_path_agrees_with_the_general_one(
     storage: RedisStorage, redis_server: RedisServer, algorithm: Algorithm

@@ -96,11 +96,12 @@ class ClusterStorage(Storage):
                     slot, DECIDE, decide_command(group, MODE_STAMPED), deadline
                 )
                 outcome = parse_outcome(reply, len(group), stamped=True)
+                stamp = parse_stamp(reply)
             except StorageError:
                 await self._settle(specs, order[:done], MODE_REFUND, states, deadline,
                                   stamps=stamps)
                 raise
-            stamps.append(parse_stamp(reply))
+            stamps.append(stamp)
             _place(states, idx, outcome.states)
             if not outcome.allowed:
                 await self._settle(specs, order[:done], MODE_REFUND, states, deadline,
@@ -182,8 +183,9 @@ class ClusterStorage(Storage):
         return await self._group(key_slot(spec.key), (spec,), mode, deadline)
 
     async def peek(self, spec: LimitSpec) -> LimitState:
-        """The state of ``spec`` for a request of ``spec.cost``; writes nothing."""
-        return (await self._one(spec, MODE_PEEK, self._timeout_s)).states[0]
+        """The state of ``spec`` for a request of ``spec.cost``; writes nothing (the admin
+        API's usage: a background call, SLOW_CALL_S)."""
+        return (await self._one(spec, MODE_PEEK, max(self._timeout_s, SLOW_CALL_S))).states[0]
 
     async def reset(self, spec: LimitSpec) -> None:
         """Delete every key ``decide.lua`` keeps for ``spec``."""
@@ -202,10 +204,12 @@ class ClusterStorage(Storage):
 
     async def ping(self) -> None:
         """Raise StorageError unless every master answers PING."""
-        deadline = asyncio.get_running_loop().time() + max(self._timeout_s, SLOW_CALL_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(self._timeout_s, SLOW_CALL_S)
         masters = await self.slots.masters(deadline)
+        left = max(deadline - loop.time(), 0.0)  # the PINGs share what is left of the deadline
         replies = await asyncio.gather(
-            *(self.slots.client(m).execute((b"PING",), timeout_s=SLOW_CALL_S) for m in masters),
+            *(self.slots.client(m).execute((b"PING",), timeout_s=left) for m in masters),
             return_exceptions=True,
         )
         for master, reply in zip(masters, replies, strict=True):

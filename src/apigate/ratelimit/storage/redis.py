@@ -117,8 +117,10 @@ class RedisStorage(Storage):
         self.batcher.observe = hook
 
     async def peek(self, spec: LimitSpec) -> LimitState:
-        """The state of ``spec`` for a request of ``spec.cost``; writes nothing."""
-        return (await self._decide((spec,), MODE_PEEK, self._timeout_s)).states[0]
+        """The state of ``spec`` for a request of ``spec.cost``; writes nothing (the admin
+        API's usage: a background call, SLOW_CALL_S)."""
+        wait_s = max(self._timeout_s, SLOW_CALL_S)
+        return (await self._decide((spec,), MODE_PEEK, wait_s)).states[0]
 
     async def refund(self, specs: Sequence[LimitSpec], at: int = 0) -> Outcome:
         """Undo a charge of each spec's ``cost`` made moments ago (at Redis time ``at``, ms;

@@ -10,8 +10,8 @@
 --            1 peek:   check all; write nothing
 --            2 refund: undo a charge of `cost` made moments ago, then answer as peek; one more
 --                      argument follows the mode: the time of the charge (what mode 4
---                      answered; 0: now), so a window that rolled over in between is not
---                      the one refunded
+--                      answered; 0: unknown), so a window that rolled over in between is not
+--                      the one refunded and a log loses the charge's own entries
 --            3 reset:  delete every key of every spec, then answer as peek (apigate
 --                      extension, used by reset())
 --            4 decide, stamped: as 0, and the group's reply ends with the time it was decided
@@ -74,13 +74,21 @@ local function gcra(tkey, limit, w, burst, cost)
   return new_tat - now <= tolerance + 0.001, base, new_tat, per, tolerance
 end
 
+-- `at` is the charge's time (0: unknown, taken as now): a window that rolled over since gets
+-- the charge back, and a log loses entries of that very millisecond.
 local function refund(key, alg, limit, w, cost, at)
   if alg == FIXED or alg == SLIDING then
-    local wkey = win_key(key, math.floor(at / w))  -- the window charged, not the current one
+    local wkey = win_key(key, math.floor((at > 0 and at or now) / w))  -- the window charged
     local count = tonumber(redis.call('GET', wkey))
     if count and count >= cost then redis.call('DECRBY', wkey, cost) end
   elseif alg == LOG then
-    if cost > 0 then redis.call('ZPOPMAX', key .. ':log', cost) end
+    local lkey = key .. ':log'
+    if cost > 0 and at > 0 then
+      local charged = redis.call('ZRANGEBYSCORE', lkey, at, at, 'LIMIT', 0, cost)
+      if #charged > 0 then redis.call('ZREM', lkey, unpack(charged)) end
+    elseif cost > 0 then
+      redis.call('ZPOPMAX', lkey, cost)
+    end
   else
     local tkey = key .. ':tat'
     local tat = tonumber(redis.call('GET', tkey))
@@ -284,11 +292,10 @@ while a0 < nargs do
     return redis.error_reply('ERR apigate decide: bad arguments')
   end
   local used = 2 + 5 * n
-  local at = now
+  local at = 0
   if mode == REFUND then  -- the charge's time follows the mode
     at = tonumber(ARGV[a0 + used + 1])
     if not at or at < 0 then return redis.error_reply('ERR apigate decide: bad arguments') end
-    if at == 0 then at = now end
     used = used + 1
   end
   if not (n == 1 and mode == DECIDE and decide_one(KEYS[k0 + 1], tonumber(ARGV[a0 + 2]),
