@@ -60,6 +60,12 @@ class RequestBody:
 
     def finish(self) -> None:
         self.complete = True
+        if self._paused:
+            # No more of this body will come: what follows is the next request, held back by
+            # the pipeline's own limits. A handler that answers without reading the body must
+            # not leave the connection paused for good.
+            self._paused = False
+            self._flow.resume_reading()
         self._wake()
 
     def fail(self, error: BaseException) -> None:

@@ -450,6 +450,40 @@ def test_queued_request_body_keeps_its_back_pressure_while_the_pipeline_drains(
     assert uploaded[0] == size
 
 
+def test_unread_body_answered_early_does_not_stall_the_connection(
+    scripted: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A pipelined POST whose body (past the 256 KiB buffer mark) arrives whole while an earlier
+    request is answered, then is answered without being read (404): the connection goes on
+    reading and answers the next request."""
+    release = threading.Event()
+
+    async def reply(conn: UpstreamConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == "/hold":
+                await asyncio.to_thread(release.wait, 10)
+            await conn.respond(200, b"ok")
+
+    scripted.reset(reply)
+    config = gateway_config(
+        {"script": upstream(scripted.url, read_timeout_s=10, max_failures=1000)},
+        [route("hold", "script", path_prefix="/hold"),
+         route("after", "script", path_prefix="/after")],
+    )
+    body = b"p" * (300 * 1024)
+    with running_gateway(config, tmp_path_factory.mktemp("unread-body")) as gw, RawClient(
+        gw.port, timeout=5
+    ) as client:
+        client.send(get("/hold") + (
+            f"POST /nomatch HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body)
+        time.sleep(0.3)  # the whole body is read and buffered while /hold waits
+        release.set()
+        assert [client.read_response().status for _ in range(2)] == [200, 404]
+        client.send(get("/after"))
+        assert client.read_response().status == 200
+
+
 def test_refused_upgrade_leaves_the_connection_answering(
     gateway: Gateway, scripted: ScriptedUpstream
 ) -> None:
