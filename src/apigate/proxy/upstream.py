@@ -52,6 +52,9 @@ class Target:
             conn.close()
             return
         conn.exchange = None
+        # Back-pressure may have paused it as the response ended: an idle connection reads,
+        # so that it notices a close and its next response is read at all.
+        conn.resume_reading()
         self._idle.append(conn)
 
     def close_idle(self) -> None:

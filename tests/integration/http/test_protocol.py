@@ -484,6 +484,42 @@ def test_unread_body_answered_early_does_not_stall_the_connection(
         assert client.read_response().status == 200
 
 
+@pytest.mark.slow
+def test_connection_paused_by_a_slow_client_is_pooled_reading(
+    scripted: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A response whose last bytes come while its client is not reading pauses the upstream
+    connection (back-pressure); once the response is complete that connection goes back to
+    the pool reading again, so the next request on it is answered (it used to wait forever:
+    a paused connection never times out)."""
+    size = 4 * MIB
+
+    async def reply(conn: UpstreamConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == "/big":
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+                await conn.send(b"b" * (size - 1))
+                await asyncio.sleep(0.5)  # the last byte comes while the client is not reading
+                await conn.send(b"b")
+            else:
+                await conn.respond(200, b"small")
+
+    scripted.reset(reply)
+    config = gateway_config(
+        {"script": upstream(scripted.url, read_timeout_s=2, retries=0, pool_size=1)},
+        [route("all", "script", path_prefix="/")],
+    )
+    with running_gateway(config, tmp_path_factory.mktemp("paused-pool")) as gw:
+        for _ in range(3):
+            with RawClient(gw.port, timeout=10) as client:
+                client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+                client.send(get("/big"))
+                time.sleep(1.0)  # reads nothing until the last byte has come
+                assert len(client.read_response().body) == size
+            with RawClient(gw.port, timeout=5) as client:
+                assert client.request(get("/small")).status == 200
+
+
 def test_refused_upgrade_leaves_the_connection_answering(
     gateway: Gateway, scripted: ScriptedUpstream
 ) -> None:
