@@ -59,6 +59,7 @@ class Supervisor:
         self._path = config_path
         self._watch_config = watch
         self._config = config
+        self._bound = config  # as the process started: what restart-only settings stay at
         self._count = worker_count(config, workers)
         self._workers = [WorkerProcess(i) for i in range(self._count)]
         self._draining = False
@@ -108,9 +109,13 @@ class Supervisor:
     async def _spawn(self, worker: WorkerProcess) -> None:
         worker.ready = False
         worker.started = time.monotonic()
+        bound = self._bound
         worker.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "apigate.worker",
             "--config", self._path, "--ready-fd", str(self._ready_w),
+            # A worker restarted after a reload keeps what the instance started with.
+            "--listen", str(bound.server.listen),
+            "--metrics", "on" if bound.observability.metrics else "off",
             pass_fds=(self._ready_w,),
         )
         asyncio.get_running_loop().create_task(self._watch(worker, worker.process))
@@ -170,7 +175,7 @@ class Supervisor:
                 await old.limiter.aclose()
         if config.observability.log_level != self._config.observability.log_level:
             configure_logging(config.observability.log_level)
-        later = restart_only_changes(self._config, config)
+        later = restart_only_changes(self._bound, config)
         self._config = config
         self._signal_workers(signal.SIGHUP)
         log.info("config reloaded")

@@ -21,7 +21,7 @@ import uvloop
 
 from apigate.config import ConfigError, load_config
 from apigate.config.model import Config, ServerConfig
-from apigate.config.types import HostPort
+from apigate.config.types import HostPort, parse_host_port
 from apigate.gateway import Gateway
 from apigate.http.server import ConnectionTracker, HttpConnection, Limits
 from apigate.observability.logging import configure_logging
@@ -182,12 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="apigate-worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--ready-fd", type=int, default=None)
+    # Restart-only settings as the instance started (the file may have changed since).
+    parser.add_argument("--listen", type=parse_host_port, default=None)
+    parser.add_argument("--metrics", choices=("on", "off"), default=None)
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(exc, flush=True)
         return 1
+    if args.listen is not None:
+        server = config.server.model_copy(update={"listen": args.listen})
+        config = config.model_copy(update={"server": server})
+    if args.metrics is not None:
+        observability = config.observability.model_copy(update={"metrics": args.metrics == "on"})
+        config = config.model_copy(update={"observability": observability})
     configure_logging(config.observability.log_level)
 
     async def run() -> None:

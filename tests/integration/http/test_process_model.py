@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -18,7 +19,13 @@ from pathlib import Path
 import pytest
 from tests.integration.http.helpers import children, gateway_config, route, upstream
 from tests.integration.http.rawclient import RawClient, Response, get, wait_until
-from tests.support.gateway import Gateway, apigate_executable, http_get, running_gateway
+from tests.support.gateway import (
+    Gateway,
+    apigate_executable,
+    free_port,
+    http_get,
+    running_gateway,
+)
 from tests.support.upstreams import (
     Handler,
     ScriptedUpstream,
@@ -242,6 +249,31 @@ def test_reload_names_the_settings_that_wait_for_a_restart(
     assert "takes effect after a restart: observability.metrics" in json.dumps(body)
     assert wait_until(lambda: fetch(reloadable, "/v2").status == 200)
     assert "takes effect after a restart: observability.metrics" in reloadable.output()
+
+
+def test_worker_restarted_after_a_reload_keeps_the_started_listen_address(
+    reloadable: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """A reload that moves server.listen is applied otherwise (the new route serves). A worker
+    restarted after it (kill -9) still listens where the instance started, with the reloaded
+    routes, and the admin reply goes on naming server.listen as waiting for a restart."""
+    assert reloadable.process is not None
+    moved = free_port()
+    config = config_for(scripted, prefix="/v2")
+    config["server"] = {**reloadable.config["server"], "listen": f"127.0.0.1:{moved}"}
+    reloadable.write_config(config)
+    reloadable.signal(signal.SIGHUP)
+    assert wait_until(lambda: fetch(reloadable, "/v2").status == 200)
+    (victim,) = children(reloadable.process.pid)
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: set(children(reloadable.process.pid)) - {victim} != set(), 10)
+    assert wait_until(lambda: http_get(f"{reloadable.admin_url}/readyz")[0] == 200, 10)
+    assert fetch(reloadable, "/v2").status == 200  # the started port, the reloaded routes
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", moved), timeout=1).close()
+    request = urllib.request.Request(f"{reloadable.admin_url}/admin/reload", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        assert "server.listen" in json.loads(reply.read()).get("detail", "")
 
 
 def test_bad_config_reload_is_refused_and_old_config_serves(reloadable: Gateway) -> None:
