@@ -26,7 +26,8 @@ def usable_cpus(root: Path = Path("/")) -> int:
 
 
 def _cgroup_quota(root: Path) -> int | None:
-    """``ceil(quota / period)`` of this process's cgroup (v2, else v1), None if unlimited."""
+    """The tightest ``ceil(quota / period)`` on this process's cgroup and its ancestors (v2,
+    else v1), None if none is limited."""
     try:
         lines = (root / "proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -35,20 +36,28 @@ def _cgroup_quota(root: Path) -> int | None:
     for line in lines:
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(",") if controllers else [""]:
-            paths[controller] = path.lstrip("/")
+            paths[controller] = path.strip("/")
     cgroup = root / "sys/fs/cgroup"
+    quotas: list[int] = []
     if "" in paths:  # v2: "max 100000" or "150000 100000"
-        for directory in (cgroup / paths[""], cgroup):
+        for directory in _up_from(cgroup, paths[""]):
             fields = _read(directory / "cpu.max").split()
-            if len(fields) == 2:
-                return _ceil_ratio(fields[0], fields[1])
-    if "cpu" in paths:  # v1: cpu.cfs_quota_us is -1 when unlimited
+            if len(fields) == 2 and (quota := _ceil_ratio(fields[0], fields[1])) is not None:
+                quotas.append(quota)
+    if not quotas and "cpu" in paths:  # v1: cpu.cfs_quota_us is -1 when unlimited
         for base in (cgroup / "cpu", cgroup / "cpu,cpuacct"):
-            for directory in (base / paths["cpu"], base):
-                quota = _read(directory / "cpu.cfs_quota_us")
-                if quota:
-                    return _ceil_ratio(quota, _read(directory / "cpu.cfs_period_us"))
-    return None
+            for directory in _up_from(base, paths["cpu"]):
+                period = _read(directory / "cpu.cfs_period_us")
+                quota = _ceil_ratio(_read(directory / "cpu.cfs_quota_us"), period)
+                if quota is not None:
+                    quotas.append(quota)
+    return min(quotas, default=None)
+
+
+def _up_from(base: Path, path: str) -> list[Path]:
+    """``base/a/b``, ``base/a``, ``base``: a cgroup and its ancestors, as far as mounted."""
+    parts = [p for p in path.split("/") if p]
+    return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
 
 
 def _ceil_ratio(quota: str, period: str) -> int | None:

@@ -29,6 +29,8 @@ def tree(root: Path, cgroup: str, files: dict[str, str]) -> Path:
         ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/c1/cpu.max": "150000 100000\n"}, 2),
         ("0::/\n", {"cpu.max": "100000 100000\n"}, 1),
         ("0::/\n", {"cpu.max": "50000 100000\n"}, 1),  # half a CPU still runs one worker
+        # a child cgroup without a limit inside a limited one: the ancestor's quota holds
+        ("0::/app\n", {"app/cpu.max": "max 100000\n", "cpu.max": "100000 100000\n"}, 1),
         # cgroup v1: cpu.cfs_quota_us / cpu.cfs_period_us under the cpu controller
         ("4:cpu,cpuacct:/docker/abc\n0::/\n", {
             "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "200000\n",
