@@ -216,7 +216,8 @@ class UpstreamConnection(asyncio.Protocol):
             elif name == b"transfer-encoding":
                 codings += (c.strip().lower() for c in value.split(b","))
         chunked = bool(codings)
-        if chunked and codings != [b"chunked"]:
+        no_body = exchange.head_only or status in (204, 304) or status == 101
+        if chunked and codings != [b"chunked"] and not no_body:
             # Relayed without its coding (gzip, ...) the body would reach the client as
             # garbage; nginx answers 502 too. The rest of the connection is unreadable.
             self.reusable = False
@@ -225,7 +226,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         keep_alive = parser.should_keep_alive()
-        no_body = exchange.head_only or status in (204, 304) or status == 101
         exchange.body_until_eof = not no_body and content_length is None and not chunked
         if exchange.body_until_eof or not keep_alive or status == 101:
             self.reusable = False  # after a 101 the connection speaks another protocol

@@ -276,6 +276,23 @@ def test_upstream_transfer_coding_other_than_chunked_is_a_502(
         assert (after.status, after.body) == (200, b"next")
 
 
+def test_bodiless_response_with_any_transfer_coding_passes(
+    gateway: Gateway, scripted: ScriptedUpstream
+) -> None:
+    """A response that has no body (to HEAD here) is relayed whatever Transfer-Encoding its head
+    names: there is nothing to decode."""
+
+    async def reply(conn: UpstreamConn) -> None:
+        while await conn.read_request() is not None:
+            await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+
+    scripted.reset(reply)
+    head = b"HEAD /doc HTTP/1.1\r\nHost: gw.test\r\n\r\n"
+    with RawClient(gateway.port) as client:
+        assert client.request(head, head=True).status == 200
+        assert client.request(head, head=True).status == 200
+
+
 def test_upgrade_is_tunnelled_both_ways_after_101(
     gateway: Gateway, scripted: ScriptedUpstream
 ) -> None:
