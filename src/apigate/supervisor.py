@@ -177,6 +177,8 @@ class Supervisor:
             configure_logging(config.observability.log_level)
         later = restart_only_changes(self._bound, config)
         self._config = config
+        if self._admin is not None:
+            self._admin.token = config.server.admin_token  # for the requests after this one
         self._signal_workers(signal.SIGHUP)
         log.info("config reloaded")
         if later:
@@ -251,13 +253,15 @@ class Supervisor:
         routes: list[AdminRoute] = [("POST", "/admin/reload", self._admin_reload)]
         routes += ratelimit_api.admin_routes(lambda: self._current().limiter)
         routes += consumers_api.admin_routes(lambda: self._current().auth, usage, reset)
-        return AdminServer(
+        admin = AdminServer(
             routes,
             health=lambda: True,
             ready=self._ready,
             metrics=metrics_module.render_metrics if self._config.observability.metrics else None,
             dashboard_html=default_dashboard(),
         )
+        admin.token = self._config.server.admin_token
+        return admin
 
     def _current(self) -> Runtime:
         if self._runtime is None:

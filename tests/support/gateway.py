@@ -42,7 +42,11 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 class Gateway:
     """One ``apigate run`` process: its ports, config file, output and signals."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, *, workers: int = 1) -> None:
+    def __init__(
+        self, config: dict[str, Any], workdir: Path, *, workers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.env = env  # the process environment (None: this one's), for ${VAR} in configs
         self.port = free_port()
         self.admin_port = free_port()
         server = dict(config.get("server", {}))
@@ -74,6 +78,7 @@ class Gateway:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=self.env,
         )
         log.close()
         self.wait_ready(timeout)
@@ -112,9 +117,10 @@ class Gateway:
 
 @contextmanager
 def running_gateway(
-    config: dict[str, Any], workdir: Path, *, workers: int = 1
+    config: dict[str, Any], workdir: Path, *, workers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Gateway]:
-    gateway = Gateway(config, workdir, workers=workers)
+    gateway = Gateway(config, workdir, workers=workers, env=env)
     gateway.start()
     try:
         yield gateway

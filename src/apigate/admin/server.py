@@ -12,6 +12,7 @@ private address.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from collections import deque
@@ -78,6 +79,9 @@ class AdminServer:
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
         }
+        # server.admin_token: when set, the admin API (every route but the built-in probes,
+        # metrics and dashboard) wants "Authorization: Bearer <token>".
+        self.token: str | None = None
         if metrics is not None:
             self._builtin["GET", "/metrics"] = self._render_metrics
         if dashboard_html is not None:
@@ -135,6 +139,11 @@ class AdminServer:
                 return _error(404, "not found"), ()
             allow = ", ".join(sorted({*allowed, *(["HEAD"] if "GET" in allowed else [])}))
             return _error(405, "method not allowed"), (("Allow", allow),)
+        token = self.token
+        if token is not None and (method, request.path) not in self._builtin and not (
+            _bearer_matches(request.authorization, token)
+        ):
+            return _error(401, "admin token required"), (("WWW-Authenticate", "Bearer"),)
         try:
             response = await handler(request)
         except AdminError as exc:
@@ -272,6 +281,7 @@ class AdminConnection(asyncio.Protocol):
         self._in_head, self._head_bytes, self._head_raw, self._url = True, 0, 0, b""
         self._body = bytearray()
         self._expect_continue = False
+        self._authorization: bytes | None = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -286,6 +296,8 @@ class AdminConnection(asyncio.Protocol):
             raise _Reject(413, "request body too large")
         if lower == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
+        if lower == b"authorization":
+            self._authorization = value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -308,6 +320,7 @@ class AdminConnection(asyncio.Protocol):
             path=url.path.decode("latin-1"),
             query=query,
             body=bytes(self._body),
+            authorization=self._authorization,
         )
         self._enqueue((request, self._parser.should_keep_alive()))
 
@@ -373,3 +386,11 @@ class AdminConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
         return task
+
+
+def _bearer_matches(authorization: bytes | None, token: str) -> bool:
+    """``Authorization: Bearer <token>``, compared in constant time."""
+    if authorization is None:
+        return False
+    scheme, _, given = authorization.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token.encode())

@@ -14,6 +14,7 @@ class AdminRequest:
     path: str
     query: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    authorization: bytes | None = None  # the Authorization header, for server.admin_token
 
     def json(self) -> Any:
         """The body parsed as JSON; raises AdminError(400) when it is not."""

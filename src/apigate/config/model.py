@@ -10,6 +10,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,6 +27,16 @@ SLIDING_LOG_MAX_LIMIT = 10_000
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CLAIM_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+_TOKEN = re.compile(r"^[\x21-\x7e]{16,512}$")
+
+
+def _admin_token(value: str | None) -> str | None:
+    if value is not None and not _TOKEN.match(value):
+        raise ValueError("admin_token must be 16 to 512 printable ASCII characters, no spaces "
+                         "(generate one: openssl rand -hex 32)")
+    return value
 
 
 def _workers(value: object) -> object:
@@ -50,6 +61,9 @@ class _Frozen(BaseModel):
 class ServerConfig(_Frozen):
     listen: ListenAddress = HostPort("0.0.0.0", 8080)
     admin_listen: ListenAddress = HostPort("127.0.0.1", 9901)
+    # When set (from ${ENV}, say), the admin API wants "Authorization: Bearer <token>";
+    # /healthz, /readyz, /metrics and /dashboard stay open for probes and scrapers.
+    admin_token: Annotated[str | None, AfterValidator(_admin_token)] = None
     workers: Annotated[int | Literal["auto"], BeforeValidator(_workers)] = 1
     trusted_proxies: tuple[Cidr, ...] = ()
     ipv6_prefix: int = Field(default=64, ge=1, le=128)

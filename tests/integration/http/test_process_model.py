@@ -276,6 +276,29 @@ def test_worker_restarted_after_a_reload_keeps_the_started_listen_address(
         assert "server.listen" in json.loads(reply.read()).get("detail", "")
 
 
+def test_admin_token_from_the_config_guards_the_admin_api(
+    scripted: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """server.admin_token (here from ${ENV}): /admin/reload wants the bearer token, /readyz and
+    /metrics do not."""
+    config = config_for(scripted)
+    config["server"] = {**config.get("server", {}), "admin_token": "${ADMIN_TOKEN}"}
+    token = "0123456789abcdef0123456789abcdef"
+    env = {**os.environ, "ADMIN_TOKEN": token}
+    with running_gateway(config, tmp_path, env=env) as gateway:
+        reload_url = f"{gateway.admin_url}/admin/reload"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(reload_url, method="POST"), timeout=5)
+        assert refused.value.code == 401
+        request = urllib.request.Request(
+            reload_url, method="POST", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            assert json.loads(reply.read())["status"] == "reloaded"
+        assert http_get(f"{gateway.admin_url}/readyz")[0] == 200
+        assert http_get(f"{gateway.admin_url}/metrics")[0] == 200
+
+
 def test_bad_config_reload_is_refused_and_old_config_serves(reloadable: Gateway) -> None:
     """A reload to an invalid file is refused with its message and the old routes keep serving."""
     good = reloadable.path.read_text()

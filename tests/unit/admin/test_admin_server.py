@@ -385,3 +385,29 @@ async def test_repeated_query_parameter_is_400(server: tuple[AdminServer, State]
     [reply] = await exchange(server[0].port, get("/admin/echo?name=a&name=b"))
     assert reply.status == 400
     assert reply.json() == {"error": "a query parameter is given more than once"}
+
+
+async def test_admin_token_guards_the_api_not_the_probes(
+    server: tuple[AdminServer, State],
+) -> None:
+    """With a token set, the admin API answers 401 (WWW-Authenticate: Bearer) without the right
+    bearer token and serves with it; probes, metrics and the dashboard stay open."""
+    admin = server[0]
+    admin.token = "s3cret-admin-token-0123"
+    missing, wrong, basic, right = await exchange(admin.port, (
+        get("/admin/echo")
+        + get("/admin/echo", "Authorization: Bearer s3cret-admin-token-0124\r\n")
+        + get("/admin/echo", "Authorization: Basic s3cret-admin-token-0123\r\n")
+        + get("/admin/echo", "Authorization: bearer s3cret-admin-token-0123\r\n")
+    ), count=4)
+    assert [r.status for r in (missing, wrong, basic, right)] == [401, 401, 401, 200]
+    assert missing.json() == {"error": "admin token required"}
+    assert missing.headers["www-authenticate"] == "Bearer"
+    open_paths = await exchange(
+        admin.port, get("/healthz") + get("/readyz") + get("/metrics") + get("/dashboard"),
+        count=4,
+    )
+    assert [r.status for r in open_paths] == [200, 200, 200, 200]
+    admin.token = None  # a reload that removes it
+    [reply] = await exchange(admin.port, get("/admin/echo"))
+    assert reply.status == 200
