@@ -36,7 +36,8 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        with exc:  # it holds the connection
+            return exc.code, exc.read()
 
 
 class Gateway:

@@ -51,7 +51,8 @@ def admin(gateway: Gateway, method: str, path: str, body: Any = None) -> tuple[i
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+        with exc:  # it holds the connection
+            return exc.code, json.loads(exc.read() or b"null")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:

@@ -103,7 +103,8 @@ def admin(gateway: Gateway, method: str, path: str) -> tuple[int, Any]:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+        with exc:  # it holds the connection
+            return exc.code, json.loads(exc.read() or b"null")
 
 
 def reset_key(gateway: Gateway, policy: str, key: str = "ip=127.0.0.1") -> None:

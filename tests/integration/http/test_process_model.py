@@ -290,6 +290,7 @@ def test_admin_token_from_the_config_guards_the_admin_api(
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(urllib.request.Request(reload_url, method="POST"), timeout=5)
         assert refused.value.code == 401
+        refused.value.close()  # it holds the connection
         request = urllib.request.Request(
             reload_url, method="POST", headers={"Authorization": f"Bearer {token}"}
         )
@@ -312,6 +313,7 @@ def test_bad_config_reload_is_refused_and_old_config_serves(reloadable: Gateway)
         urllib.request.urlopen(urllib.request.Request(request, method="POST"), timeout=5)
     assert refused.value.code == 400
     assert b"no upstream named 'nope'" in refused.value.read()
+    refused.value.close()  # it holds the connection
     assert fetch(reloadable, "/v1").status == 200
 
 
