@@ -203,7 +203,7 @@ class RateLimiter:
             cached = self._cached_denial(plan.planned)
             if cached is not None:
                 return cached
-        if rt.breaker.state is not BreakerState.CLOSED:
+        if rt.breaker.state is not _CLOSED:
             return None
         submitted = rt.storage.submit(plan.specs)
         if submitted is None:
@@ -223,7 +223,7 @@ class RateLimiter:
         one = plan.one
         if one is not None and reply[pos] == 1:
             breaker = self._rt.breaker
-            if breaker.failures or breaker.state is not BreakerState.CLOSED:
+            if breaker.failures or breaker.state is not _CLOSED:
                 breaker.success()  # else it has nothing to reset: not even called
             out.append(one[0])
             out.append((b"RateLimit", _one_policy_value(one, reply[pos + 1], reply[pos + 2])))
@@ -468,6 +468,7 @@ class RateLimiter:
 
 
 _PLANNED_MAX = 10_000
+_CLOSED = BreakerState.CLOSED  # read per request: an enum member through its class costs more
 
 
 def _one_policy_value(parts: tuple[hdr.Header, bytes], remaining: int, reset_ms: int) -> bytes:
