@@ -51,6 +51,8 @@ class Gateway:
         self.port = free_port()
         self.admin_port = free_port()
         server = dict(config.get("server", {}))
+        # Ports this helper picked (not the caller): picked again if taken before the bind.
+        self._picked = {"listen", "admin_listen"} - set(server)
         server.setdefault("listen", f"127.0.0.1:{self.port}")
         server.setdefault("admin_listen", f"127.0.0.1:{self.admin_port}")
         server.setdefault("drain_delay_s", 0)
@@ -73,6 +75,29 @@ class Gateway:
         self.path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def start(self, timeout: float = 15.0) -> None:
+        """Start and wait until ready. A port picked here that another process took between
+        the pick and the bind (an outgoing connection's ephemeral port, say) is picked again."""
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+                return
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == 2 or not self._picked:
+                    raise
+                self._pick_ports_again()
+
+    def _pick_ports_again(self) -> None:
+        server = dict(self.config["server"])
+        if "listen" in self._picked:
+            self.port = free_port()
+            server["listen"] = f"127.0.0.1:{self.port}"
+        if "admin_listen" in self._picked:
+            self.admin_port = free_port()
+            server["admin_listen"] = f"127.0.0.1:{self.admin_port}"
+        self.config = {**self.config, "server": server}
+        self.write_config(self.config)
+
+    def _start_once(self, timeout: float) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [*apigate_executable(), "run", "--config", str(self.path)],

@@ -336,3 +336,22 @@ def test_inflight_request_survives_a_reload(
     assert not result, "the slow request finished before the reload took effect"
     thread.join(10)
     assert result == [200]
+
+
+def test_helper_picks_a_port_again_when_it_was_taken_before_the_bind(
+    scripted: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """The test Gateway's own port pick can lose a race (an ephemeral port of an outgoing
+    connection, say): apigate refuses to start, and the helper picks again and starts."""
+    gateway = Gateway(config_for(scripted), tmp_path)
+    taken = gateway.admin_port
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", taken))
+        blocker.listen()
+        gateway.start()
+        try:
+            assert gateway.admin_port != taken
+            assert "address already in use" in gateway.output()
+            assert fetch(gateway).status == 200
+        finally:
+            gateway.stop()
