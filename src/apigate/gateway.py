@@ -90,8 +90,7 @@ class Gateway:
                         verdict = await limiter.failed(plan)
                 elif begun is None:
                     verdict = await limiter.check(
-                        route=route.name, policy_names=policies,
-                        caller=limited_as if isinstance(limited_as, Caller) else Caller(client_ip),
+                        route=route.name, policy_names=policies, caller=limited_as,
                         headers=headers,
                     )
                 else:

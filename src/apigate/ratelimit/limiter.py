@@ -154,10 +154,11 @@ class RateLimiter:
         *,
         route: str,
         policy_names: Sequence[str],
-        caller: Caller,
+        caller: Caller | str,
         headers: Mapping[str, str],
     ) -> Verdict:
-        """Decide one request; ``headers`` has lower-case names."""
+        """Decide one request; ``headers`` has lower-case names, ``caller`` may be a bare
+        client address (see :meth:`begin`)."""
         plan = self._plan_for(route, tuple(policy_names), caller, headers)
         if isinstance(plan, Verdict):
             return plan
@@ -283,9 +284,6 @@ class RateLimiter:
         """The request's plan (memoized per client when its keys allow), or the verdict that
         needs none: 400 for a bad cost, unlimited. A str ``caller`` is a bare client address."""
         if isinstance(caller, str):
-            plan = self._plans.get((names, caller, None, route))
-            if plan is not None:
-                return plan
             caller = Caller(caller)
         memo = (names, caller.client_ip, caller.consumer, route)
         plan = self._plans.get(memo)

@@ -16,7 +16,7 @@ from apigate.ratelimit.storage.base import (
     Storage,
     StorageError,
     Submitted,
-    outcome_reply,
+    group_reply,
 )
 from apigate.ratelimit.storage.memory import MemoryStorage
 
@@ -63,7 +63,8 @@ class FakeStorage(Storage):
         return asyncio.ensure_future(self._reply(specs)), 0
 
     async def _reply(self, specs: Sequence[LimitSpec]) -> Reply:
-        return outcome_reply(await self.decide(specs))
+        outcome = await self.decide(specs)
+        return group_reply(outcome.allowed, outcome.states)
 
     async def peek(self, spec: LimitSpec) -> LimitState:
         await self._maybe_fail()

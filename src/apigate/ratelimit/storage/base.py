@@ -87,12 +87,18 @@ def group_outcome(reply: Reply, pos: int, count: int) -> Outcome:
     return Outcome(allowed == 1, states)
 
 
-def outcome_reply(outcome: Outcome) -> Reply:
-    """``outcome`` as a one-group reply (what a storage deciding in Python hands to submit)."""
-    reply: Reply = [1 if outcome.allowed else 0]
-    for state in outcome.states:
+def group_reply(allowed: bool, states: Sequence[LimitState]) -> Reply:
+    """A decision as a one-group reply (what a storage deciding in Python hands to submit)."""
+    reply: Reply = [1 if allowed else 0]
+    for state in states:
         reply += (state.remaining, state.reset_ms, state.retry_after_ms)
     return reply
+
+
+def spec_args(spec: LimitSpec) -> tuple[int, int, int, int, int]:
+    """decide.lua's arguments for ``spec``: algorithm code (a plain int), limit, window_ms,
+    burst, cost."""
+    return (int(spec.algorithm), spec.limit, spec.window_ms, spec.burst, spec.cost)
 
 
 class Storage(ABC):

@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from apigate.ratelimit.storage.base import LimitSpec, Reply, StorageError, Submitted
+from apigate.ratelimit.storage.base import (
+    LimitSpec,
+    Reply,
+    StorageError,
+    Submitted,
+    spec_args,
+)
 from apigate.ratelimit.storage.client import RespClient
 from apigate.ratelimit.storage.resp import Arg, Command, ReplyError, Script
 
@@ -51,14 +57,12 @@ class DecisionBatcher:
         self,
         client: RespClient,
         script: Script,
-        codes: dict[Any, int],
         *,
         timeout_s: float,
         max_groups: int = 32,
     ) -> None:
         self._client = client
         self._script = script
-        self._codes = codes  # Algorithm -> decide.lua's code
         self._timeout_s = timeout_s
         self._max_groups = max_groups
         self._head = b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(_EVALSHA), _EVALSHA, len(script.sha),
@@ -120,8 +124,7 @@ class DecisionBatcher:
     def _encode(self, spec: LimitSpec) -> _Encoded:
         if len(self._encoded) >= _ENCODED_MAX:
             self._encoded.clear()
-        args = (self._codes[spec.algorithm], spec.limit, spec.window_ms, spec.burst, spec.cost)
-        five = b"".join(_bulk(a) for a in args)
+        five = b"".join(_bulk(a) for a in spec_args(spec))
         enc = (spec, _bulk(spec.key), five, _ONE + five + _DECIDE_MODE)
         self._encoded[id(spec)] = enc
         return enc
@@ -155,8 +158,8 @@ class DecisionBatcher:
             args.append(len(specs))
             for s in specs:
                 keys.append(s.key)
-                args += (self._codes[s.algorithm], s.limit, s.window_ms, s.burst, s.cost)
-            args.append(0)
+                args += spec_args(s)
+            args.append(0)  # mode 0: decide
         return (_EVALSHA, self._script.sha, len(keys), *keys, *args)
 
     def _via_task(self, futures: _Futures, groups: list[Sequence[LimitSpec]],

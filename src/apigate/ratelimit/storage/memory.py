@@ -24,7 +24,7 @@ from apigate.ratelimit.storage.base import (
     Reply,
     Storage,
     Submitted,
-    outcome_reply,
+    group_reply,
 )
 
 # Expired entries removed per call: enough to outpace the insert rate, small enough to
@@ -99,11 +99,10 @@ class MemoryStorage(Storage):
         future: asyncio.Future[Reply] = loop.create_future()
         if len(specs) == 1:  # the common case: the reply without an Outcome in between
             decision = self._decide_one(specs[0])
-            state = decision.state
-            future.set_result([1 if decision.allowed else 0, state.remaining, state.reset_ms,
-                               state.retry_after_ms])
+            future.set_result(group_reply(decision.allowed, (decision.state,)))
         else:
-            future.set_result(outcome_reply(self._decide(specs)))
+            outcome = self._decide(specs)
+            future.set_result(group_reply(outcome.allowed, outcome.states))
         return future, 0
 
     def _decide(self, specs: Sequence[LimitSpec]) -> Outcome:

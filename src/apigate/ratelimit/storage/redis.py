@@ -11,7 +11,6 @@ from typing import Any
 
 from apigate.config.model import StorageConfig
 from apigate.ratelimit.storage.base import (
-    Algorithm,
     LimitSpec,
     LimitState,
     Outcome,
@@ -19,6 +18,7 @@ from apigate.ratelimit.storage.base import (
     StorageError,
     Submitted,
     group_outcome,
+    spec_args,
 )
 from apigate.ratelimit.storage.batch import DecisionBatcher
 from apigate.ratelimit.storage.client import RespClient
@@ -30,7 +30,6 @@ HEARTBEAT = Script.from_package("heartbeat.lua")
 MODE_DECIDE, MODE_PEEK, MODE_REFUND, MODE_RESET, MODE_STAMPED = 0, 1, 2, 3, 4
 
 _EVALSHA = b"EVALSHA"
-_CODE = {algorithm: int(algorithm) for algorithm in Algorithm}  # hiredis wants plain ints
 
 # Background calls (heartbeat, reset, ping) may wait longer than a decision.
 SLOW_CALL_S = 1.0
@@ -42,13 +41,12 @@ def decide_command(specs: Sequence[LimitSpec], mode: int, at: int = 0) -> Comman
     extra: tuple[int, ...] = (mode, at) if mode == MODE_REFUND else (mode,)
     if len(specs) == 1:
         s = specs[0]
-        return (_EVALSHA, DECIDE.sha, 1, s.key, 1, _CODE[s.algorithm], s.limit, s.window_ms,
-                s.burst, s.cost, *extra)  # fmt: skip
+        return (_EVALSHA, DECIDE.sha, 1, s.key, 1, *spec_args(s), *extra)
     args: list[Arg] = [_EVALSHA, DECIDE.sha, len(specs)]
     args += [spec.key for spec in specs]
     args.append(len(specs))
     for s in specs:
-        args += (_CODE[s.algorithm], s.limit, s.window_ms, s.burst, s.cost)
+        args += spec_args(s)
     args += extra
     return tuple(args)
 
@@ -80,9 +78,7 @@ class RedisStorage(Storage):
         self.client = client
         self._instances_key = f"{key_prefix}:instances"
         self._timeout_s = timeout_ms / 1000
-        self.batcher = DecisionBatcher(
-            client, DECIDE, _CODE, timeout_s=self._timeout_s
-        )
+        self.batcher = DecisionBatcher(client, DECIDE, timeout_s=self._timeout_s)
         self.submit = self.batcher.submit  # type: ignore[method-assign]
 
     @classmethod
@@ -92,8 +88,10 @@ class RedisStorage(Storage):
         client = RespClient.for_endpoint(endpoint, scripts=(DECIDE, HEARTBEAT))
         return cls(client, key_prefix=config.key_prefix, timeout_ms=config.timeout_ms)
 
-    async def _decide(self, specs: Sequence[LimitSpec], mode: int, wait_s: float) -> Outcome:
-        command = decide_command(specs, mode)
+    async def _decide(
+        self, specs: Sequence[LimitSpec], mode: int, wait_s: float, at: int = 0
+    ) -> Outcome:
+        command = decide_command(specs, mode, at)
         reply = await self.client.run_script(DECIDE, command, timeout_s=wait_s)
         return parse_outcome(reply, len(specs))
 
@@ -125,9 +123,7 @@ class RedisStorage(Storage):
     async def refund(self, specs: Sequence[LimitSpec], at: int = 0) -> Outcome:
         """Undo a charge of each spec's ``cost`` made moments ago (at Redis time ``at``, ms;
         0: in the current window); the states after it."""
-        command = decide_command(specs, MODE_REFUND, at)
-        reply = await self.client.run_script(DECIDE, command, timeout_s=self._timeout_s)
-        return parse_outcome(reply, len(specs))
+        return await self._decide(specs, MODE_REFUND, self._timeout_s, at)
 
     async def reset(self, spec: LimitSpec) -> None:
         """Delete every key ``decide.lua`` keeps for ``spec`` (named, never SCANned)."""
