@@ -139,10 +139,14 @@ def worker_cpu_s(data_port: int) -> float:
     total = 0.0
     for pid in found:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        for child in children:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total += sum(process_cpu_s(int(child)) for child in children)
     return total
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used (Linux: /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1) -> dict[str, float]:
@@ -205,6 +209,14 @@ def redis_commandstats(port: int) -> dict[str, int]:
         capture_output=True, text=True, check=True,
     ).stdout
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"cmdstat_(\S+?):calls=(\d+)", out)}
+
+
+def redis_cpu_s(port: int) -> float:
+    """CPU seconds (user + system) redis-server on ``port`` has used, from ``INFO cpu``."""
+    out = subprocess.run([require("redis-cli"), "-p", str(port), "INFO", "cpu"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(float(m.group(1)) for m in re.finditer(r"^used_cpu_(?:sys|user):([\d.]+)", out,
+                                                      re.MULTILINE))
 
 
 def stats_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
