@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -290,3 +291,98 @@ async def test_each_batch_reports_its_round_trip(storage: RedisStorage) -> None:
     await asyncio.gather(*(storage.decide([s]) for s in specs))  # 32 + 8: two batches
     assert len(seen) == 2
     assert all(0 < s < 2 for s in seen)
+
+
+@pytest.mark.parametrize("algorithm", [Algorithm.FIXED_WINDOW, Algorithm.SLIDING_WINDOW])
+async def test_decisions_of_one_spec_in_a_tick_are_charged_as_one_group(
+    storage: RedisStorage, redis_server: RedisServer, algorithm: Algorithm
+) -> None:
+    """20 decisions of one window-counter spec in one tick: one group in Redis (one write of
+    the counter), each with the remaining it would have had one after another, in order."""
+    await storage.ping()
+    spec = LimitSpec(f"{tag()}:p", algorithm, 100, LONG_MS, cost=2)
+    redis_server.node.cmd("CONFIG", "RESETSTAT")
+    outcomes = await asyncio.gather(*(storage.decide([spec]) for _ in range(20)))
+    stats = redis_server.node.cmd("INFO", "commandstats")
+    assert [o.states[0].remaining for o in outcomes] == list(range(98, 58, -2))
+    assert all(o.allowed and o.states[0].retry_after_ms == 0 for o in outcomes)
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert stats["cmdstat_incrby"]["calls"] == 1
+    assert (await storage.peek(spec)).remaining == 60
+
+
+@pytest.mark.parametrize("algorithm", [Algorithm.FIXED_WINDOW, Algorithm.SLIDING_WINDOW])
+async def test_joined_decisions_that_do_not_fit_are_decided_one_by_one(
+    storage: RedisStorage, algorithm: Algorithm
+) -> None:
+    """8 decisions of a spec with 5 left, in one tick: the joined group charges nothing, then
+    each goes alone, so the first 5 pass and the limit is spent exactly."""
+    await storage.ping()
+    spec = LimitSpec(f"{tag()}:p", algorithm, 5, LONG_MS)
+    outcomes = await asyncio.gather(*(storage.decide([spec]) for _ in range(8)))
+    assert [o.allowed for o in outcomes] == [True] * 5 + [False] * 3
+    assert [o.states[0].remaining for o in outcomes] == [4, 3, 2, 1, 0, 0, 0, 0]
+    assert all(o.states[0].retry_after_ms > 0 for o in outcomes[5:])
+    assert (await storage.peek(spec)).remaining == 0
+
+
+async def test_a_cancelled_decision_of_a_joined_group_is_not_sent_again(
+    storage: RedisStorage,
+) -> None:
+    """Of 6 joined decisions with 3 left, the group's first is cancelled (its client left)
+    before the reply: the group did not fit, the other 5 go alone and 3 of them pass."""
+    await storage.ping()
+    spec = LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, 3, LONG_MS)
+    tasks = [asyncio.ensure_future(storage.decide([spec])) for _ in range(6)]
+    await asyncio.sleep(0)  # every decision is in the batch
+    tasks[0].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert [r.allowed for r in results[1:]] == [True] * 3 + [False] * 2  # type: ignore[union-attr]
+    assert (await storage.peek(spec)).remaining == 0
+
+
+async def test_token_bucket_decisions_are_not_joined(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    """A token bucket's decisions each keep a group of their own (its reset is per charge)."""
+    await storage.ping()
+    spec = LimitSpec(f"{tag()}:p", Algorithm.TOKEN_BUCKET, 100, LONG_MS)
+    redis_server.node.cmd("CONFIG", "RESETSTAT")
+    outcomes = await asyncio.gather(*(storage.decide([spec]) for _ in range(5)))
+    stats = redis_server.node.cmd("INFO", "commandstats")
+    assert all(o.allowed for o in outcomes)
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert stats["cmdstat_set"]["calls"] == 5
+
+
+async def test_decisions_sent_again_keep_their_batch_deadline(
+    redis_server: RedisServer,
+) -> None:
+    """A joined group that did not fit is answered late (Redis stalled for 0.6 s of a 1 s
+    timeout) and Redis stalls again: its decisions fail when the first batch's second is up,
+    not a whole timeout after they were sent again."""
+    store = RedisStorage.from_config(StorageConfig(url=redis_server.url, timeout_ms=1000))
+    node = redis_server.node
+    spec = LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, 1, LONG_MS)
+    try:
+        assert (await store.decide([spec])).allowed  # the limit is spent
+        stalled: list[float] = []
+
+        def stall_once(seconds: float) -> None:  # when the next batch is answered
+            if not stalled:
+                stalled.append(seconds)
+                node.pause()
+
+        store.observe_with(stall_once)
+        node.pause()
+        asyncio.get_running_loop().call_later(0.6, node.resume)
+        started = time.perf_counter()
+        results = await asyncio.gather(*(store.decide([spec]) for _ in range(3)),
+                                       return_exceptions=True)
+        elapsed = time.perf_counter() - started
+    finally:
+        node.resume()
+        await store.aclose()
+    assert all(isinstance(r, StorageError) for r in results), results
+    assert 0.9 < elapsed < 1.4

@@ -10,6 +10,13 @@ The command is written as RESP directly: each group's keys and arguments are enc
 kept, so a decision costs a few list appends instead of packing eight arguments every time.
 Every decision's future gets the batch's whole reply and the decision reads its own group of
 it: no Outcome or LimitState is built per decision on the way back.
+
+Decisions of one spec (the same key, limit and cost: a busy client, a route-wide limit) in one
+batch are joined into one group charged their summed cost, when the algorithm is a window
+counter: if the sum fits, each of them fits one after another in the order they came, and
+each one's remaining is the group's plus what the later ones took. If it does not fit, the
+group charged nothing and its decisions are sent again one by one, so exactly as many pass as
+the limit lets through. Redis then runs one group per hot key instead of one per request.
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from apigate.ratelimit.storage.base import (
+    Algorithm,
     LimitSpec,
     Reply,
     StorageError,
@@ -48,6 +58,23 @@ _ONE, _DECIDE_MODE = _bulk(1), _bulk(0)
 # One future per decision of a batch, each handed the whole reply: a shared future would be
 # cancelled for all of them when one request's task is cancelled (its client left).
 _Futures = list["asyncio.Future[Reply]"]
+# Algorithms whose lone-spec decisions are joined (codes up to this one: the window counters).
+# Their remaining after each of the joined charges is exact; a token bucket's reset is not.
+_JOINABLE_UP_TO = int(Algorithm.SLIDING_WINDOW)
+# A batch's group open to more decisions of its spec: the spec, the group's index, the index
+# of its part in the arguments, and where its reply starts.
+_Head = tuple[LimitSpec, int, int, int]
+
+
+class _Joined:
+    """The decisions that joined one group after its first, and what the group stood for."""
+
+    __slots__ = ("first", "futures", "head")
+
+    def __init__(self, head: _Head, first: asyncio.Future[Reply]) -> None:
+        self.head = head
+        self.first = first  # the group's own decision, answered with the batch's reply
+        self.futures: _Futures = []
 
 
 class DecisionBatcher:
@@ -74,6 +101,10 @@ class DecisionBatcher:
         self._key_parts: list[bytes] = []
         self._arg_parts: list[bytes] = []
         self._keys = 0
+        # Lone-spec groups open to joining, by id(spec), and the decisions that joined them, by
+        # group index (see the module docstring).
+        self._heads: dict[int, _Head] = {}
+        self._joined: dict[int, _Joined] = {}
         # The loop the end-of-tick write is scheduled on (None: not scheduled).
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,11 +127,21 @@ class DecisionBatcher:
         fut: asyncio.Future[Reply] = loop.create_future()
         futures = self._futures
         pos = len(futures) + 3 * self._keys  # one allowed flag per group, three ints per spec
-        futures.append(fut)
-        self._groups.append(specs)
         encoded = self._encoded
         if len(specs) == 1:  # the common case, without a loop
             spec = specs[0]
+            if spec.algorithm <= _JOINABLE_UP_TO:
+                head = self._heads.get(id(spec))
+                if head is not None and head[0] is spec:
+                    joined = self._joined.get(head[1])
+                    if joined is None:
+                        joined = self._joined[head[1]] = _Joined(head, futures[head[1]])
+                    if len(joined.futures) < self._max_groups:
+                        joined.futures.append(fut)
+                        return fut, 0  # handed a reply of its own (see _deliver)
+                self._heads[id(spec)] = (spec, len(futures), len(self._arg_parts), pos)
+            futures.append(fut)
+            self._groups.append(specs)
             enc = encoded.get(id(spec))
             if enc is None or enc[0] is not spec:
                 enc = self._encode(spec)
@@ -108,6 +149,8 @@ class DecisionBatcher:
             self._arg_parts.append(enc[3])
             self._keys += 1
         else:
+            futures.append(fut)
+            self._groups.append(specs)
             self._arg_parts.append(_bulk(len(specs)))
             for spec in specs:
                 enc = encoded.get(id(spec))
@@ -137,6 +180,9 @@ class DecisionBatcher:
         futures, groups = self._futures, self._groups
         if not groups:
             return
+        joins = self._charge_joined() if self._joined else None
+        if self._heads:
+            self._heads = {}
         keys = self._keys
         data = b"".join((
             b"*%d\r\n" % (3 + keys + 2 * len(groups) + 5 * keys), self._head, _bulk(keys),
@@ -146,9 +192,39 @@ class DecisionBatcher:
             [], [], [], [], 0
         )
         # Already at the end of the tick (or a full batch): write now, not one tick later.
-        sink = _BatchReply(self, futures, groups, len(groups) + 3 * keys)
+        sink = _BatchReply(self, futures, groups, len(groups) + 3 * keys, joins)
         if not self._client.try_send_packed_now(data, sink, self._timeout_s):
-            self._via_task(futures, groups, self._timeout_s)  # not connected: connect first
+            self._via_task(futures, groups, self._timeout_s, joins)  # not connected: connect first
+
+    def _charge_joined(self) -> list[_Joined]:
+        """Each group that others joined charges the cost of all its decisions."""
+        joins = list(self._joined.values())
+        self._joined = {}
+        for joined in joins:
+            spec, index, arg, _ = joined.head
+            whole = replace(spec, cost=spec.cost * (1 + len(joined.futures)))
+            self._groups[index] = (whole,)
+            self._arg_parts[arg] = b"".join((_ONE, *map(_bulk, spec_args(whole)), _DECIDE_MODE))
+        return joins
+
+    def _retry(self, denied: list[_Joined], sent_at: float) -> None:
+        """Send the decisions of joined groups that did not fit again, one group each, within
+        what is left of their batch's deadline."""
+        waiting: _Futures = []
+        for joined in denied:
+            spec, _, _, pos = joined.head
+            for old, old_pos in ((joined.first, pos), *((fut, 0) for fut in joined.futures)):
+                if old.done():  # cancelled: its client left
+                    continue
+                # A spec object of its own, so that the decision is not joined again.
+                new, new_pos = self.submit((replace(spec),))
+                new.add_done_callback(partial(_relay, old, old_pos, new_pos))
+                waiting.append(old)
+        if waiting:
+            left = self._timeout_s - (time.perf_counter() - sent_at)
+            asyncio.get_running_loop().call_later(
+                max(left, 0.0), _fail, waiting, StorageError("decision timed out")
+            )
 
     def _command(self, groups: list[Sequence[LimitSpec]]) -> Command:
         """The batch as an EVALSHA argument tuple (for the slow path through run_script)."""
@@ -163,36 +239,40 @@ class DecisionBatcher:
         return (_EVALSHA, self._script.sha, len(keys), *keys, *args)
 
     def _via_task(self, futures: _Futures, groups: list[Sequence[LimitSpec]],
-                  timeout_s: float) -> None:
+                  timeout_s: float, joins: list[_Joined] | None) -> None:
         started = time.perf_counter()
         task = asyncio.get_running_loop().create_task(self._client.run_script(
             self._script, self._command(groups), timeout_s=timeout_s
         ))
         expected = len(groups) + 3 * sum(len(specs) for specs in groups)
-        task.add_done_callback(lambda done: self._task_done(done, futures, expected, started))
+        task.add_done_callback(
+            lambda done: self._task_done(done, futures, expected, started, joins)
+        )
 
     def _task_done(self, done: asyncio.Task[Any], futures: _Futures, expected: int,
-                   started: float) -> None:
+                   started: float, joins: list[_Joined] | None) -> None:
         if self.observe is not None:
             self.observe(time.perf_counter() - started)
         if done.cancelled():
-            _fail(futures, StorageError("decision batch cancelled"))
+            _fail(futures, StorageError("decision batch cancelled"), joins)
         elif (exc := done.exception()) is not None:
-            _fail(futures, exc)
-        else:
-            _deliver(done.result(), futures, expected)
+            _fail(futures, exc, joins)
+        elif denied := _deliver(done.result(), futures, expected, joins):
+            self._retry(denied, started)
 
 
 class _BatchReply:
     """The reply sink of one batch (see ``resp.ReplySink``): acts in the tick Redis answers."""
 
-    __slots__ = ("_batcher", "_done", "_expected", "_futures", "_groups", "_sent_at")
+    __slots__ = ("_batcher", "_done", "_expected", "_futures", "_groups", "_joins", "_sent_at")
 
     def __init__(self, batcher: DecisionBatcher, futures: _Futures,
-                 groups: list[Sequence[LimitSpec]], expected: int) -> None:
+                 groups: list[Sequence[LimitSpec]], expected: int,
+                 joins: list[_Joined] | None) -> None:
         self._batcher = batcher
         self._futures = futures
         self._groups = groups
+        self._joins = joins
         self._expected = expected  # the reply's length: one allowed + 3 per spec, per group
         self._sent_at = time.perf_counter()
         self._done = False
@@ -203,7 +283,8 @@ class _BatchReply:
     def set_result(self, result: Any, /) -> None:
         self._done = True
         self._observe()
-        _deliver(result, self._futures, self._expected)
+        if denied := _deliver(result, self._futures, self._expected, self._joins):
+            self._batcher._retry(denied, self._sent_at)
 
     def set_exception(self, exception: BaseException, /) -> None:
         self._done = True
@@ -212,9 +293,9 @@ class _BatchReply:
             # The server lost its scripts (restart, SCRIPT FLUSH): run_script loads and retries,
             # within what is left of the batch's deadline.
             left = self._batcher._timeout_s - (time.perf_counter() - self._sent_at)
-            self._batcher._via_task(self._futures, self._groups, max(left, 0.0))
+            self._batcher._via_task(self._futures, self._groups, max(left, 0.0), self._joins)
         else:
-            _fail(self._futures, exception)
+            _fail(self._futures, exception, self._joins)
 
     def _observe(self) -> None:
         observe = self._batcher.observe
@@ -222,17 +303,66 @@ class _BatchReply:
             observe(time.perf_counter() - self._sent_at)
 
 
-def _deliver(reply: Any, futures: _Futures, expected: int) -> None:
-    """Hand the batch's decisions the script's reply, if it is ``expected`` long."""
+def _deliver(reply: Any, futures: _Futures, expected: int,
+             joins: list[_Joined] | None) -> list[_Joined]:
+    """Hand the batch's decisions the script's reply, if it is ``expected`` long; the joined
+    groups that did not fit, whose decisions are still to be sent again."""
     if type(reply) is not list or len(reply) != expected:
-        _fail(futures, StorageError(f"decide.lua returned {reply!r}"))
-        return
+        _fail(futures, StorageError(f"decide.lua returned {reply!r}"), joins)
+        return []
+    denied = [joined for joined in joins if not _answer_joined(reply, joined)] if joins else []
+    if denied:
+        held = {joined.head[1] for joined in denied}
+        futures = [fut for index, fut in enumerate(futures) if index not in held]
     for fut in futures:
         if not fut.done():
             fut.set_result(reply)
+    return denied
 
 
-def _fail(futures: _Futures, exc: BaseException) -> None:
+def _answer_joined(reply: Reply, joined: _Joined) -> bool:
+    """Give the decisions that joined a group their own replies; False if the group did not
+    fit (nothing was charged).
+
+    Allowed, they were charged in the order they came: the group's own decision first, so it
+    has left what the group has left plus the later ones' cost (written into the batch's
+    reply, at the group's place), and the n-th of ``k`` later ones what the group has left plus
+    ``(k - n) * cost``.
+    """
+    spec, _, _, pos = joined.head
+    allowed = reply[pos]
+    if allowed == 0:
+        return False
+    futures = joined.futures
+    if allowed == 1:
+        left, later, cost = reply[pos + 1], len(futures), spec.cost
+        reply[pos + 1] = left + later * cost
+        for n, fut in enumerate(futures, 1):
+            if not fut.done():
+                fut.set_result([1, left + (later - n) * cost, reply[pos + 2], 0])
+    else:  # -1: the script refused the spec, for every one of them
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(reply[pos:pos + 4])
+    return True
+
+
+def _relay(old: asyncio.Future[Reply], pos: int, new_pos: int,
+           new: asyncio.Future[Reply]) -> None:
+    """Answer a decision sent again (``new``) to the one that waits for it at ``pos``."""
+    if old.done():
+        return
+    if new.cancelled():
+        old.set_exception(StorageError("decision batch cancelled"))
+    elif (exc := new.exception()) is not None:
+        old.set_exception(exc)
+    else:
+        old.set_result([0] * pos + new.result()[new_pos:new_pos + 4])
+
+
+def _fail(futures: _Futures, exc: BaseException, joins: list[_Joined] | None = None) -> None:
+    for joined in joins or ():
+        futures = [*futures, *joined.futures]
     for fut in futures:
         if not fut.done():
             fut.set_exception(StorageError(str(exc) or type(exc).__name__))
