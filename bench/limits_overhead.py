@@ -27,6 +27,7 @@ from common import (
     nginx_upstream_block,
     python_line,
     redis_commandstats,
+    redis_cpu_s,
     redis_server,
     stats_delta,
     wait_port,
@@ -68,7 +69,9 @@ def limited_run(args: argparse.Namespace, port: int, admin: int,
                 redis: int) -> tuple[dict[str, float], dict[str, int], dict[str, float]]:
     """wrk on the limited gateway: its result, Redis calls and apigate decisions during it."""
     stats, decisions = redis_commandstats(redis), decision_counts(admin)
+    redis_cpu = redis_cpu_s(redis)
     result = measured_run(args, port)
+    result["redis_us"] = (redis_cpu_s(redis) - redis_cpu) / result["requests"] * 1e6
     delta = stats_delta(stats, redis_commandstats(redis))
     time.sleep(1.5)  # workers flush metrics once a second
     after = decision_counts(admin)
@@ -101,7 +104,8 @@ def compare(args: argparse.Namespace, work: Path, upstream: int, redis: int,
                   f"Redis limit {lim['rps']:,.0f} req/s (non-2xx {lim['non2xx']:.0f}, "
                   f"errors {lim['errors']:.0f}) | ratio {ratios[-1]:.2f}\n"
                   f"    worker CPU per request: no limits {base['cpu_us']:.1f} us, Redis limit "
-                  f"{lim['cpu_us']:.1f} us (ratio {cpu_ratios[-1]:.2f})\n"
+                  f"{lim['cpu_us']:.1f} us (ratio {cpu_ratios[-1]:.2f}), Redis "
+                  f"{lim['redis_us']:.1f} us\n"
                   f"    decisions: {', '.join(f'{k} {v:.0f}' for k, v in decisions.items() if v)}"
                   f" | EVALSHA/request {evalsha[-1]:.3f}, Redis commands/request "
                   f"{commands[-1]:.3f} ({', '.join(f'{k} {v}' for k, v in delta.items() if v)})")
