@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -312,34 +311,42 @@ async def test_decisions_of_one_spec_in_a_tick_are_charged_as_one_group(
 
 
 @pytest.mark.parametrize("algorithm", [Algorithm.FIXED_WINDOW, Algorithm.SLIDING_WINDOW])
-async def test_joined_decisions_that_do_not_fit_are_decided_one_by_one(
-    storage: RedisStorage, algorithm: Algorithm
+async def test_joined_decisions_that_do_not_fit_pass_as_far_as_the_limit_lets(
+    storage: RedisStorage, redis_server: RedisServer, algorithm: Algorithm
 ) -> None:
-    """8 decisions of a spec with 5 left, in one tick: the joined group charges nothing, then
-    each goes alone, so the first 5 pass and the limit is spent exactly."""
+    """8 decisions of cost 2 with 11 left, in one tick and one round trip: the first 5 pass in
+    order, the rest are refused with a retry time, and the limit keeps its last 1."""
     await storage.ping()
-    spec = LimitSpec(f"{tag()}:p", algorithm, 5, LONG_MS)
+    spec = LimitSpec(f"{tag()}:p", algorithm, 11, LONG_MS, cost=2)
+    redis_server.node.cmd("CONFIG", "RESETSTAT")
     outcomes = await asyncio.gather(*(storage.decide([spec]) for _ in range(8)))
+    stats = redis_server.node.cmd("INFO", "commandstats")
     assert [o.allowed for o in outcomes] == [True] * 5 + [False] * 3
-    assert [o.states[0].remaining for o in outcomes] == [4, 3, 2, 1, 0, 0, 0, 0]
+    assert [o.states[0].remaining for o in outcomes] == [9, 7, 5, 3, 1, 1, 1, 1]
     assert all(o.states[0].retry_after_ms > 0 for o in outcomes[5:])
-    assert (await storage.peek(spec)).remaining == 0
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert (await storage.peek(LimitSpec(spec.key, algorithm, 11, LONG_MS))).remaining == 1
 
 
-async def test_a_cancelled_decision_of_a_joined_group_is_not_sent_again(
+async def test_joined_groups_and_other_groups_of_a_batch_read_their_own_answers(
     storage: RedisStorage,
 ) -> None:
-    """Of 6 joined decisions with 3 left, the group's first is cancelled (its client left)
-    before the reply: the group did not fit, the other 5 go alone and 3 of them pass."""
+    """Lone decisions of a (2 left) joined around groups of other specs: each reads its own
+    answer, the third of a is refused, and a cancelled one (its client left) was charged."""
     await storage.ping()
-    spec = LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, 3, LONG_MS)
-    tasks = [asyncio.ensure_future(storage.decide([spec])) for _ in range(6)]
+    a, b, c = (LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, n, LONG_MS) for n in (2, 7, 9))
+    groups = ([a], [b, c], [a], [c], [a], [b])
+    tasks = [asyncio.ensure_future(storage.decide(g)) for g in groups]
     await asyncio.sleep(0)  # every decision is in the batch
-    tasks[0].cancel()
+    tasks[2].cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert isinstance(results[0], asyncio.CancelledError)
-    assert [r.allowed for r in results[1:]] == [True] * 3 + [False] * 2  # type: ignore[union-attr]
-    assert (await storage.peek(spec)).remaining == 0
+    assert isinstance(results[2], asyncio.CancelledError)
+    first, pair, _, alone, third, last = results
+    assert (first.allowed, first.states[0].remaining) == (True, 1)  # type: ignore[union-attr]
+    assert [s.remaining for s in pair.states] == [6, 8]  # type: ignore[union-attr]
+    assert [s.remaining for s in alone.states] == [7]  # type: ignore[union-attr]
+    assert (third.allowed, third.states[0].remaining) == (False, 0)  # type: ignore[union-attr]
+    assert [s.remaining for s in last.states] == [5]  # type: ignore[union-attr]
 
 
 async def test_token_bucket_decisions_are_not_joined(
@@ -356,33 +363,49 @@ async def test_token_bucket_decisions_are_not_joined(
     assert stats["cmdstat_set"]["calls"] == 5
 
 
-async def test_decisions_sent_again_keep_their_batch_deadline(
-    redis_server: RedisServer,
+@pytest.mark.parametrize(
+    ("algorithm", "k", "answer"),
+    [
+        (Algorithm.TOKEN_BUCKET, 2, [-1, 0, 0, 0]),  # not a window counter: refused
+        (Algorithm.SLIDING_LOG, 2, [-1, 0, 0, 0]),
+        (Algorithm.FIXED_WINDOW, 0, "bad arguments"),
+        (Algorithm.FIXED_WINDOW, 1.5, "bad arguments"),
+    ],
+)
+async def test_joined_mode_refuses_what_it_cannot_decide(
+    redis_server: RedisServer, algorithm: Algorithm, k: float, answer: object
 ) -> None:
-    """A joined group that did not fit is answered late (Redis stalled for 0.6 s of a 1 s
-    timeout) and Redis stalls again: its decisions fail when the first batch's second is up,
-    not a whole timeout after they were sent again."""
-    store = RedisStorage.from_config(StorageConfig(url=redis_server.url, timeout_ms=1000))
-    node = redis_server.node
-    spec = LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, 1, LONG_MS)
+    """decide.lua's joined mode (5) takes a window counter and a whole k >= 1, nothing else."""
+    args = [1, int(algorithm), 10, LONG_MS, 0, 1, 5, k]
     try:
-        assert (await store.decide([spec])).allowed  # the limit is spent
-        stalled: list[float] = []
+        reply = redis_server.node.cmd("EVAL", DECIDE.source, 1, f"{tag()}:p", *args)
+    except Exception as exc:  # redis-py's ResponseError
+        reply = str(exc)
+    assert reply == answer if isinstance(answer, list) else answer in str(reply)
 
-        def stall_once(seconds: float) -> None:  # when the next batch is answered
-            if not stalled:
-                stalled.append(seconds)
-                node.pause()
 
-        store.observe_with(stall_once)
-        node.pause()
-        asyncio.get_running_loop().call_later(0.6, node.resume)
-        started = time.perf_counter()
-        results = await asyncio.gather(*(store.decide([spec]) for _ in range(3)),
-                                       return_exceptions=True)
-        elapsed = time.perf_counter() - started
-    finally:
-        node.resume()
-        await store.aclose()
-    assert all(isinstance(r, StorageError) for r in results), results
-    assert 0.9 < elapsed < 1.4
+@pytest.mark.parametrize("algorithm", [Algorithm.FIXED_WINDOW, Algorithm.SLIDING_WINDOW])
+@pytest.mark.parametrize("case", [(10, 1, 3), (10, 3, 0), (17, 2, 6), (5, 0, 7)])
+async def test_joined_decisions_agree_with_lone_ones(
+    storage: RedisStorage, redis_server: RedisServer, algorithm: Algorithm,
+    case: tuple[int, int, int],
+) -> None:
+    """k decisions of one spec object (joined) and of k equal but distinct objects (k lone
+    groups), in one batch and so at one ``now``, from the same counts: the same answers.
+    ``case``: the limit, the cost and what the current window has taken already."""
+    limit, cost, taken = case
+    base = tag()
+    joined_key, lone_key = f"{base}:joined", f"{base}:lone"
+    seconds, micros = redis_server.node.cmd("TIME")
+    idx = (int(seconds) * 1000 + int(micros) // 1000) // LONG_MS
+    for key in (joined_key, lone_key):
+        redis_server.node.cmd("SET", f"{key}:{idx - 1}", 4, "PX", 60_000)  # a previous window
+        redis_server.node.cmd("SET", f"{key}:{idx}", taken, "PX", 60_000)
+    spec = LimitSpec(joined_key, algorithm, limit, LONG_MS, cost=cost)
+    lone = [LimitSpec(lone_key, algorithm, limit, LONG_MS, cost=cost) for _ in range(9)]
+    outcomes = await asyncio.gather(*(storage.decide([spec]) for _ in range(9)),
+                                    *(storage.decide([s]) for s in lone))
+    joined_answers = [(o.allowed, o.states[0]) for o in outcomes[:9]]
+    assert joined_answers == [(o.allowed, o.states[0]) for o in outcomes[9:]]
+    assert redis_server.node.cmd("GET", f"{joined_key}:{idx}") == redis_server.node.cmd(
+        "GET", f"{lone_key}:{idx}")

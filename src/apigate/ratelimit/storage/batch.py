@@ -12,11 +12,12 @@ Every decision's future gets the batch's whole reply and the decision reads its 
 it: no Outcome or LimitState is built per decision on the way back.
 
 Decisions of one spec (the same key, limit and cost: a busy client, a route-wide limit) in one
-batch are joined into one group charged their summed cost, when the algorithm is a window
-counter: if the sum fits, each of them fits one after another in the order they came, and
-each one's remaining is the group's plus what the later ones took. If it does not fit, the
-group charged nothing and its decisions are sent again one by one, so exactly as many pass as
-the limit lets through. Redis then runs one group per hot key instead of one per request.
+batch join the group of the first of them when the algorithm is a window counter. The group
+goes in decide.lua's joined mode: the script decides its k decisions one after another, in
+the order they came, as k lone groups would have been, and answers how many fit. Redis then
+charges a hot key once per batch instead of once per request, in the same round trip.
+Decisions of a tick are concurrent: the joined ones are decided at their first's place in the
+batch, ahead of groups that came between them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from functools import partial
 from typing import Any
 
 from apigate.ratelimit.storage.base import (
@@ -54,12 +53,12 @@ def _bulk(value: str | int) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-_ONE, _DECIDE_MODE = _bulk(1), _bulk(0)
+_ONE, _DECIDE_MODE, _JOINED_MODE = _bulk(1), _bulk(0), _bulk(5)
 # One future per decision of a batch, each handed the whole reply: a shared future would be
 # cancelled for all of them when one request's task is cancelled (its client left).
 _Futures = list["asyncio.Future[Reply]"]
-# Algorithms whose lone-spec decisions are joined (codes up to this one: the window counters).
-# Their remaining after each of the joined charges is exact; a token bucket's reset is not.
+# Algorithms whose lone-spec decisions are joined (codes up to this one: the window counters,
+# which decide.lua's joined mode takes).
 _JOINABLE_UP_TO = int(Algorithm.SLIDING_WINDOW)
 # A batch's group open to more decisions of its spec: the spec, the group's index, the index
 # of its part in the arguments, and where its reply starts.
@@ -69,12 +68,11 @@ _Head = tuple[LimitSpec, int, int, int]
 class _Joined:
     """The decisions that joined one group after its first, and what the group stood for."""
 
-    __slots__ = ("first", "futures", "head")
+    __slots__ = ("futures", "head")
 
-    def __init__(self, head: _Head, first: asyncio.Future[Reply]) -> None:
+    def __init__(self, head: _Head) -> None:
         self.head = head
-        self.first = first  # the group's own decision, answered with the batch's reply
-        self.futures: _Futures = []
+        self.futures: _Futures = []  # the group's own decision is not among them
 
 
 class DecisionBatcher:
@@ -135,7 +133,7 @@ class DecisionBatcher:
                 if head is not None and head[0] is spec:
                     joined = self._joined.get(head[1])
                     if joined is None:
-                        joined = self._joined[head[1]] = _Joined(head, futures[head[1]])
+                        joined = self._joined[head[1]] = _Joined(head)
                     if len(joined.futures) < self._max_groups:
                         joined.futures.append(fut)
                         return fut, 0  # handed a reply of its own (see _deliver)
@@ -180,12 +178,13 @@ class DecisionBatcher:
         futures, groups = self._futures, self._groups
         if not groups:
             return
-        joins = self._charge_joined() if self._joined else None
+        joins = self._encode_joined() if self._joined else None
         if self._heads:
             self._heads = {}
         keys = self._keys
+        args = 2 * len(groups) + 5 * keys + (len(joins) if joins else 0)  # + k of a joined group
         data = b"".join((
-            b"*%d\r\n" % (3 + keys + 2 * len(groups) + 5 * keys), self._head, _bulk(keys),
+            b"*%d\r\n" % (3 + keys + args), self._head, _bulk(keys),
             *self._key_parts, *self._arg_parts,
         ))
         self._futures, self._groups, self._key_parts, self._arg_parts, self._keys = (
@@ -196,53 +195,36 @@ class DecisionBatcher:
         if not self._client.try_send_packed_now(data, sink, self._timeout_s):
             self._via_task(futures, groups, self._timeout_s, joins)  # not connected: connect first
 
-    def _charge_joined(self) -> list[_Joined]:
-        """Each group that others joined charges the cost of all its decisions."""
+    def _encode_joined(self) -> list[_Joined]:
+        """Each group that others joined becomes decide.lua's joined mode: k decisions."""
         joins = list(self._joined.values())
         self._joined = {}
         for joined in joins:
-            spec, index, arg, _ = joined.head
-            whole = replace(spec, cost=spec.cost * (1 + len(joined.futures)))
-            self._groups[index] = (whole,)
-            self._arg_parts[arg] = b"".join((_ONE, *map(_bulk, spec_args(whole)), _DECIDE_MODE))
+            spec, _, arg, _ = joined.head
+            self._arg_parts[arg] = b"".join((
+                _ONE, *map(_bulk, spec_args(spec)), _JOINED_MODE, _bulk(1 + len(joined.futures))
+            ))
         return joins
 
-    def _retry(self, denied: list[_Joined], sent_at: float) -> None:
-        """Send the decisions of joined groups that did not fit again, one group each, within
-        what is left of their batch's deadline."""
-        waiting: _Futures = []
-        for joined in denied:
-            spec, _, _, pos = joined.head
-            for old, old_pos in ((joined.first, pos), *((fut, 0) for fut in joined.futures)):
-                if old.done():  # cancelled: its client left
-                    continue
-                # A spec object of its own, so that the decision is not joined again.
-                new, new_pos = self.submit((replace(spec),))
-                new.add_done_callback(partial(_relay, old, old_pos, new_pos))
-                waiting.append(old)
-        if waiting:
-            left = self._timeout_s - (time.perf_counter() - sent_at)
-            asyncio.get_running_loop().call_later(
-                max(left, 0.0), _fail, waiting, StorageError("decision timed out")
-            )
-
-    def _command(self, groups: list[Sequence[LimitSpec]]) -> Command:
+    def _command(self, groups: list[Sequence[LimitSpec]],
+                 joins: list[_Joined] | None) -> Command:
         """The batch as an EVALSHA argument tuple (for the slow path through run_script)."""
+        joined = {j.head[1]: 1 + len(j.futures) for j in joins or ()}
         keys: list[Arg] = []
         args: list[Arg] = []
-        for specs in groups:
+        for index, specs in enumerate(groups):
             args.append(len(specs))
             for s in specs:
                 keys.append(s.key)
                 args += spec_args(s)
-            args.append(0)  # mode 0: decide
+            args += (5, joined[index]) if index in joined else (0,)  # mode: joined k, decide
         return (_EVALSHA, self._script.sha, len(keys), *keys, *args)
 
     def _via_task(self, futures: _Futures, groups: list[Sequence[LimitSpec]],
                   timeout_s: float, joins: list[_Joined] | None) -> None:
         started = time.perf_counter()
         task = asyncio.get_running_loop().create_task(self._client.run_script(
-            self._script, self._command(groups), timeout_s=timeout_s
+            self._script, self._command(groups, joins), timeout_s=timeout_s
         ))
         expected = len(groups) + 3 * sum(len(specs) for specs in groups)
         task.add_done_callback(
@@ -257,8 +239,8 @@ class DecisionBatcher:
             _fail(futures, StorageError("decision batch cancelled"), joins)
         elif (exc := done.exception()) is not None:
             _fail(futures, exc, joins)
-        elif denied := _deliver(done.result(), futures, expected, joins):
-            self._retry(denied, started)
+        else:
+            _deliver(done.result(), futures, expected, joins)
 
 
 class _BatchReply:
@@ -283,8 +265,7 @@ class _BatchReply:
     def set_result(self, result: Any, /) -> None:
         self._done = True
         self._observe()
-        if denied := _deliver(result, self._futures, self._expected, self._joins):
-            self._batcher._retry(denied, self._sent_at)
+        _deliver(result, self._futures, self._expected, self._joins)
 
     def set_exception(self, exception: BaseException, /) -> None:
         self._done = True
@@ -304,60 +285,41 @@ class _BatchReply:
 
 
 def _deliver(reply: Any, futures: _Futures, expected: int,
-             joins: list[_Joined] | None) -> list[_Joined]:
-    """Hand the batch's decisions the script's reply, if it is ``expected`` long; the joined
-    groups that did not fit, whose decisions are still to be sent again."""
+             joins: list[_Joined] | None) -> None:
+    """Hand the batch's decisions the script's reply, if it is ``expected`` long."""
     if type(reply) is not list or len(reply) != expected:
         _fail(futures, StorageError(f"decide.lua returned {reply!r}"), joins)
-        return []
-    denied = [joined for joined in joins if not _answer_joined(reply, joined)] if joins else []
-    if denied:
-        held = {joined.head[1] for joined in denied}
-        futures = [fut for index, fut in enumerate(futures) if index not in held]
+        return
+    for joined in joins or ():
+        _answer_joined(reply, joined)
     for fut in futures:
         if not fut.done():
             fut.set_result(reply)
-    return denied
 
 
-def _answer_joined(reply: Reply, joined: _Joined) -> bool:
-    """Give the decisions that joined a group their own replies; False if the group did not
-    fit (nothing was charged).
+def _answer_joined(reply: Reply, joined: _Joined) -> None:
+    """Give each decision of a joined group its own answer from the group's ``[n, left, reset,
+    retry]``: n fitted, one after another.
 
-    Allowed, they were charged in the order they came: the group's own decision first, so it
-    has left what the group has left plus the later ones' cost (written into the batch's
-    reply, at the group's place), and the n-th of ``k`` later ones what the group has left plus
-    ``(k - n) * cost``.
+    The i-th (from 1) passed if i <= n, with ``left + (n - i) * cost`` remaining; the others
+    were refused with ``left`` and ``retry``. The group's own decision, the first, finds its
+    answer written into the batch's reply at the group's place.
     """
     spec, _, _, pos = joined.head
-    allowed = reply[pos]
-    if allowed == 0:
-        return False
-    futures = joined.futures
-    if allowed == 1:
-        left, later, cost = reply[pos + 1], len(futures), spec.cost
-        reply[pos + 1] = left + later * cost
-        for n, fut in enumerate(futures, 1):
-            if not fut.done():
-                fut.set_result([1, left + (later - n) * cost, reply[pos + 2], 0])
-    else:  # -1: the script refused the spec, for every one of them
-        for fut in futures:
-            if not fut.done():
-                fut.set_result(reply[pos:pos + 4])
-    return True
-
-
-def _relay(old: asyncio.Future[Reply], pos: int, new_pos: int,
-           new: asyncio.Future[Reply]) -> None:
-    """Answer a decision sent again (``new``) to the one that waits for it at ``pos``."""
-    if old.done():
-        return
-    if new.cancelled():
-        old.set_exception(StorageError("decision batch cancelled"))
-    elif (exc := new.exception()) is not None:
-        old.set_exception(exc)
+    fitted, left, reset, retry = reply[pos:pos + 4]
+    if fitted == -1:  # the script refused the spec, for every one of them
+        answers = [[-1, 0, 0, 0]] * len(joined.futures)
     else:
-        old.set_result([0] * pos + new.result()[new_pos:new_pos + 4])
+        cost = spec.cost
+        reply[pos:pos + 4] = [1, left + (fitted - 1) * cost, reset, 0] if fitted else [
+            0, left, reset, retry]
+        answers = [
+            [1, left + (fitted - i) * cost, reset, 0] if i <= fitted else [0, left, reset, retry]
+            for i in range(2, 2 + len(joined.futures))
+        ]
+    for fut, answer in zip(joined.futures, answers, strict=True):
+        if not fut.done():
+            fut.set_result(answer)
 
 
 def _fail(futures: _Futures, exc: BaseException, joins: list[_Joined] | None = None) -> None:

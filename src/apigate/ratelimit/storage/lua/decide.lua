@@ -16,6 +16,12 @@
 --                      extension, used by reset())
 --            4 decide, stamped: as 0, and the group's reply ends with the time it was decided
 --                      at (apigate extension, for the refunds of a decision across slots)
+--            5 joined: k decisions of this one spec (fixed_window or sliding_window; k follows
+--                      the mode), decided one after another: the first n that fit are charged
+--                      and n (0..k) stands in the reply where `allowed` does; remaining is
+--                      after those n charges, retry_after_ms is for a request of `cost` after
+--                      them (0 when n = k). Any other spec answers -1 (apigate extension: a
+--                      batch's decisions of one hot key cost one group)
 -- Returns  {allowed, then per spec: remaining, reset_ms, retry_after_ms}.
 -- Batches (apigate extension): several such groups may follow each other, KEYS and ARGV
 -- concatenated in the same order; the reply is the groups' replies concatenated. Each group
@@ -30,7 +36,7 @@
 -- each redis.call costs about as much as the rest of the script.
 
 local FIXED, SLIDING, LOG, TOKEN = 1, 2, 3, 4
-local DECIDE, PEEK, REFUND, RESET, STAMPED = 0, 1, 2, 3, 4
+local DECIDE, PEEK, REFUND, RESET, STAMPED, JOINED = 0, 1, 2, 3, 4, 5
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -229,12 +235,12 @@ local function decide(k0, a0, n, mode, out, at)
   if stamped then out[#out + 1] = now end
 end
 
--- The common group (one spec, a decision) without the tables of decide(). The window
--- counters are charged with INCRBY (the TTL set when INCRBY created the key) and the charge
--- taken back when the check fails; the bucket is read, then written only if it allows.
--- Returns false for a sliding_log spec or a bad one (decide() answers those).
-local function decide_one(key, alg, limit, w, burst, cost, out, o)
-  if alg == LOG or not valid(alg, limit, w, burst, cost) then
+-- The common group (one spec, a decision; or k of them on a window counter) without the
+-- tables of decide(). The window counters are charged with INCRBY (the TTL set when INCRBY
+-- created the key) and what did not fit taken back; the bucket is read, then written only if
+-- it allows. Returns false for a sliding_log spec or a bad one (decide() answers those).
+local function decide_one(key, alg, limit, w, burst, cost, out, o, k)
+  if alg == LOG or not valid(alg, limit, w, burst, cost) or (k > 1 and alg == TOKEN) then
     return false
   end
   if alg == TOKEN then
@@ -253,29 +259,41 @@ local function decide_one(key, alg, limit, w, burst, cost, out, o)
   local idx = math.floor(now / w)
   local wkey = win_key(key, idx)
   local reset = (idx + 1) * w - now
+  local total = k * cost
   if alg == FIXED then
-    local count = redis.call('INCRBY', wkey, cost)
-    if count == cost then redis.call('PEXPIRE', wkey, reset + 1000) end
+    local count = redis.call('INCRBY', wkey, total)
+    if count == total then redis.call('PEXPIRE', wkey, reset + 1000) end
     if count <= limit then
-      out[o], out[o + 1], out[o + 2], out[o + 3] = 1, limit - count, reset, 0
+      out[o], out[o + 1], out[o + 2], out[o + 3] = k, limit - count, reset, 0
     else
-      redis.call('DECRBY', wkey, cost)
-      out[o], out[o + 1], out[o + 2], out[o + 3] = 0, math.max(limit - count + cost, 0), reset, reset
+      local before, n = count - total, 0  -- n: how many fit one after another
+      if cost > 0 and limit > before then n = math.floor((limit - before) / cost) end
+      redis.call('DECRBY', wkey, (k - n) * cost)
+      local curr = before + n * cost
+      out[o], out[o + 1], out[o + 2], out[o + 3] = n, math.max(limit - curr, 0), reset, reset
     end
     return true
   end
   local prev = tonumber(redis.call('GET', win_key(key, idx - 1)) or '0')
   local elapsed = now - idx * w
   local est = prev * (w - elapsed) / w
-  local count = redis.call('INCRBY', wkey, cost)
-  if count == cost then redis.call('PEXPIRE', wkey, 2 * w + 1000) end
+  local count = redis.call('INCRBY', wkey, total)
+  if count == total then redis.call('PEXPIRE', wkey, 2 * w + 1000) end
   if est + count <= limit then
-    out[o], out[o + 1], out[o + 2], out[o + 3] = 1, math.max(math.floor(limit - est - count), 0),
+    out[o], out[o + 1], out[o + 2], out[o + 3] = k, math.max(math.floor(limit - est - count), 0),
       reset, 0
   else
-    redis.call('DECRBY', wkey, cost)
-    local curr = count - cost
-    out[o], out[o + 1], out[o + 2] = 0, math.max(math.floor(limit - est - curr), 0), reset
+    local before, n = count - total, 0
+    if cost > 0 then
+      -- The same test as a lone decision's (est + count <= limit), so that float rounding
+      -- in the division cannot let one more or one fewer through.
+      n = math.max(math.min(math.floor((limit - est - before) / cost), k - 1), 0)
+      while n > 0 and est + (before + n * cost) > limit do n = n - 1 end
+      while n < k - 1 and est + (before + (n + 1) * cost) <= limit do n = n + 1 end
+    end
+    redis.call('DECRBY', wkey, (k - n) * cost)
+    local curr = before + n * cost
+    out[o], out[o + 1], out[o + 2] = n, math.max(math.floor(limit - est - curr), 0), reset
     out[o + 3] = sliding_retry(limit, w, cost, prev, curr, elapsed, reset)
   end
   return true
@@ -288,20 +306,29 @@ while a0 < nargs do
   local n = tonumber(ARGV[a0 + 1])
   local mode = n and tonumber(ARGV[a0 + 2 + 5 * n])
   if not n or n < 1 or k0 + n > #KEYS or a0 + 2 + 5 * n > nargs or not mode or mode < DECIDE
-      or mode > STAMPED then
+      or mode > JOINED then
     return redis.error_reply('ERR apigate decide: bad arguments')
   end
   local used = 2 + 5 * n
-  local at = 0
-  if mode == REFUND then  -- the charge's time follows the mode
-    at = tonumber(ARGV[a0 + used + 1])
-    if not at or at < 0 then return redis.error_reply('ERR apigate decide: bad arguments') end
+  local at, k = 0, 1
+  if mode == REFUND or mode == JOINED then  -- the charge's time, or k, follows the mode
+    local extra = tonumber(ARGV[a0 + used + 1])
+    if not extra or extra < 0 or (mode == JOINED and (n ~= 1 or extra < 1
+        or extra ~= math.floor(extra))) then
+      return redis.error_reply('ERR apigate decide: bad arguments')
+    end
+    if mode == REFUND then at = extra else k = extra end
     used = used + 1
   end
-  if not (n == 1 and mode == DECIDE and decide_one(KEYS[k0 + 1], tonumber(ARGV[a0 + 2]),
-      tonumber(ARGV[a0 + 3]), tonumber(ARGV[a0 + 4]), tonumber(ARGV[a0 + 5]),
-      tonumber(ARGV[a0 + 6]), out, #out + 1)) then
-    decide(k0, a0, n, mode, out, at)
+  if not (n == 1 and (mode == DECIDE or mode == JOINED) and decide_one(KEYS[k0 + 1],
+      tonumber(ARGV[a0 + 2]), tonumber(ARGV[a0 + 3]), tonumber(ARGV[a0 + 4]),
+      tonumber(ARGV[a0 + 5]), tonumber(ARGV[a0 + 6]), out, #out + 1, k)) then
+    if mode == JOINED then  -- a spec that cannot be joined: refused
+      local o = #out + 1
+      out[o], out[o + 1], out[o + 2], out[o + 3] = -1, 0, 0, 0
+    else
+      decide(k0, a0, n, mode, out, at)
+    end
   end
   k0, a0 = k0 + n, a0 + used
 end
