@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 from apigate.ratelimit.storage.base import (
@@ -307,24 +308,21 @@ def _answer_joined(reply: Reply, joined: _Joined) -> None:
     """
     spec, _, _, pos = joined.head
     fitted, left, reset, retry = reply[pos:pos + 4]
+    count, cost = 1 + len(joined.futures), spec.cost
     if fitted == -1:  # the script refused the spec, for every one of them
-        answers = [[-1, 0, 0, 0]] * len(joined.futures)
+        answers = [[-1, 0, 0, 0]] * count
     else:
-        cost = spec.cost
-        reply[pos:pos + 4] = [1, left + (fitted - 1) * cost, reset, 0] if fitted else [
-            0, left, reset, retry]
         answers = [
             [1, left + (fitted - i) * cost, reset, 0] if i <= fitted else [0, left, reset, retry]
-            for i in range(2, 2 + len(joined.futures))
+            for i in range(1, 1 + count)
         ]
-    for fut, answer in zip(joined.futures, answers, strict=True):
+    reply[pos:pos + 4] = answers[0]
+    for fut, answer in zip(joined.futures, answers[1:], strict=True):
         if not fut.done():
             fut.set_result(answer)
 
 
 def _fail(futures: _Futures, exc: BaseException, joins: list[_Joined] | None = None) -> None:
-    for joined in joins or ():
-        futures = [*futures, *joined.futures]
-    for fut in futures:
+    for fut in chain(futures, *(joined.futures for joined in joins or ())):
         if not fut.done():
             fut.set_exception(StorageError(str(exc) or type(exc).__name__))
