@@ -202,9 +202,13 @@ class DecisionBatcher:
         self._joined = {}
         for joined in joins:
             spec, _, arg, _ = joined.head
-            self._arg_parts[arg] = b"".join((
-                _ONE, *map(_bulk, spec_args(spec)), _JOINED_MODE, _bulk(1 + len(joined.futures))
-            ))
+            enc = self._encoded.get(id(spec))
+            if enc is None or enc[0] is not spec:  # the cache was cleared since
+                enc = self._encode(spec)
+            count = b"%d" % (1 + len(joined.futures))
+            self._arg_parts[arg] = b"%s%s%s$%d\r\n%s\r\n" % (
+                _ONE, enc[2], _JOINED_MODE, len(count), count
+            )
         return joins
 
     def _command(self, groups: list[Sequence[LimitSpec]],
