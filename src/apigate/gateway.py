@@ -6,7 +6,9 @@ requests while in-flight ones finish on the old one.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 from apigate.config.model import RouteConfig
 from apigate.http.body import BodyAborted, BodyTooLarge
@@ -19,6 +21,7 @@ from apigate.observability.access_log import AccessEntry
 from apigate.observability.logging import bind_request, unbind, update_request
 from apigate.observability.request_id import new_request_id, trace_id, valid_request_id
 from apigate.proxy.forward import ForwardFailed, Outbound
+from apigate.ratelimit.limiter import Pending
 from apigate.ratelimit.storage.base import StorageError
 from apigate.routing.router import Match, MethodNotAllowed, host_without_port
 from apigate.runtime import Runtime
@@ -41,6 +44,9 @@ class _Outcome:
 
 # The caller of routes without auth (no consumer): the limiter keys it by address.
 _ANONYMOUS = Caller("")
+# What head_start() worked out for handle(): the snapshot, the route, the client address and
+# its headers' view and the rate-limit decision sent, if one was.
+_HeadStart = tuple[Runtime, Match, str, HeaderView, "Pending | None"]
 
 
 class Gateway:
@@ -49,27 +55,63 @@ class Gateway:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def handle(self, request: Request, writer: ResponseWriter, conn: HttpConnection) -> None:
+    def head_start(
+        self, request: Request, conn: HttpConnection, wake: asyncio.Future[Any]
+    ) -> bool:
+        """Match the route and send its rate-limit decision as the request arrives.
+
+        Called by the connection (see ``server.HeadStart``) while its task waits for work, with
+        the future that task awaits. For a route without auth, the caller is known by address
+        alone: the decision goes to storage now with ``wake`` as its future, so the task wakes
+        once, when storage has answered, instead of once for the request and again for the
+        decision. Returns False (the connection wakes the task now) for every other request;
+        what was worked out here is left in ``request.head_start`` for :meth:`handle`.
+        """
         runtime = self.runtime
-        started = time.perf_counter()
-        given = request.header(b"x-request-id")
-        request_id = given.decode() if given and valid_request_id(given) else new_request_id()
+        try:
+            match = _match(runtime, request)
+        except HttpError:
+            return False  # handle() answers it
         client_ip = conn.peer
         if runtime.trusted.enabled:
             forwarded = request.header_values(b"x-forwarded-for")
             client_ip = runtime.trusted.client_ip(client_ip, forwarded)
+        route = match.route
+        headers = HeaderView(request.headers)
+        pending = None
+        if route.rate_limits and route.auth == "none":
+            begun = runtime.limiter.begin(route.name, route.rate_limits, client_ip, headers, wake)
+            if type(begun) is tuple:  # a Pending: storage completes ``wake``
+                pending = begun
+        request.head_start = (runtime, match, client_ip, headers, pending)
+        return pending is not None
+
+    async def handle(self, request: Request, writer: ResponseWriter, conn: HttpConnection) -> None:
+        started = time.perf_counter()
+        prepared: _HeadStart | None = request.head_start
+        if prepared is not None:  # see head_start()
+            runtime, match, client_ip, headers, pending = prepared
+        else:
+            runtime, match, pending = self.runtime, None, None
+            headers = HeaderView(request.headers)
+            client_ip = conn.peer
+            if runtime.trusted.enabled:
+                forwarded = request.header_values(b"x-forwarded-for")
+                client_ip = runtime.trusted.client_ip(client_ip, forwarded)
+        given = request.header(b"x-request-id")
+        request_id = given.decode() if given and valid_request_id(given) else new_request_id()
         outcome = _Outcome(request_id, client_ip)
         runtime.metrics.inflight(1)
         context = None
         # One flat coroutine: every await level costs on each suspend and resume.
         try:
-            match = _match(runtime, request)
+            if match is None:
+                match = _match(runtime, request)
             route = match.route
             outcome.route = route.name
             outcome.upstream = route.upstream
             # Application log lines written while this request runs carry its context.
             context = bind_request(request_id, client_ip=client_ip, route=route.name)
-            headers = HeaderView(request.headers)
             if route.auth != "none":
                 caller = await runtime.authenticate(route, headers, request.query, client_ip)
                 outcome.consumer = caller.consumer
@@ -79,11 +121,18 @@ class Gateway:
             else:  # no consumer: the limiter knows the caller by address only
                 caller, policies, limited_as = _ANONYMOUS, route.rate_limits, client_ip
             response_headers = [(b"x-request-id", request_id.encode())]
-            if policies:
+            if pending is not None:  # decided while the task was idle: the future is done
+                limiter = runtime.limiter
+                plan, (decided, pos) = pending
+                try:
+                    verdict = limiter.conclude(plan, decided.result(), pos, response_headers)
+                except StorageError:
+                    verdict = await limiter.failed(plan)
+            elif policies:
                 limiter = runtime.limiter
                 begun = limiter.begin(route.name, policies, limited_as, headers)
-                if isinstance(begun, tuple):  # a Pending: (plan, future, position)
-                    plan, decided, pos = begun
+                if isinstance(begun, tuple):  # a Pending: (plan, (future, position))
+                    plan, (decided, pos) = begun
                     try:
                         verdict = limiter.conclude(plan, await decided, pos, response_headers)
                     except StorageError:
@@ -95,6 +144,7 @@ class Gateway:
                     )
                 else:
                     verdict = begun
+            if policies:
                 runtime.metrics.ratelimit_decision(
                     verdict.policy or "-",
                     _DECISION_LABELS.get(verdict.decision, verdict.decision),  # type: ignore[arg-type]

@@ -67,7 +67,9 @@ class Worker:
         self._instance_id = f"{socket.gethostname()}:{os.getpid()}"
         runtime = build_runtime(config, metrics=self._metrics, instance_id=self._instance_id)
         self.gateway = Gateway(runtime)
-        self.tracker = ConnectionTracker(limits_of(config.server), self.gateway.handle)
+        self.tracker = ConnectionTracker(
+            limits_of(config.server), self.gateway.handle, self.gateway.head_start
+        )
         self.tracker.on_open = self._metrics.connection_opened
         self.tracker.on_close = self._metrics.connection_closed
         self._stop = asyncio.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from apigate.http.body import RequestBody
 
@@ -41,8 +42,8 @@ class Request:
     """A request whose head passed the framing rules; ``path`` is canonical."""
 
     __slots__ = (
-        "body", "chunked", "content_length", "headers", "host", "keep_alive", "method", "path",
-        "query", "raw_path", "upgrade", "version",
+        "body", "chunked", "content_length", "head_start", "headers", "host", "keep_alive",
+        "method", "path", "query", "raw_path", "upgrade", "version",
     )
 
     def __init__(
@@ -73,6 +74,8 @@ class Request:
         self.chunked = chunked
         self.upgrade = upgrade
         self.body = body
+        # What the handler's head start (see server.HeadStart) left for the handler, if any.
+        self.head_start: Any = None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header, by lower-case name: ``header(b"user-agent")``."""

@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -50,14 +50,22 @@ class Limits:
 
 
 Handler = Callable[[Request, ResponseWriter, "HttpConnection"], Awaitable[None]]
+# Called as a request's head completes while its connection's task waits for work, with the
+# future that task awaits: True when the callee took the future and will complete it (a result
+# or an exception) once a first step of the request, begun now, is done; the task then wakes
+# once for both. False: the connection wakes the task itself.
+HeadStart = Callable[[Request, "HttpConnection", "asyncio.Future[Any]"], bool]
 
 
 class ConnectionTracker:
     """The live connections of one listener, for ``max_connections`` and draining."""
 
-    def __init__(self, limits: Limits, handler: Handler) -> None:
+    def __init__(
+        self, limits: Limits, handler: Handler, head_start: HeadStart | None = None
+    ) -> None:
         self.limits = limits
         self.handler = handler
+        self.head_start = head_start
         self.connections: set[HttpConnection] = set()
         self.draining = False  # answer with Connection: close and close idle connections
         self.on_open: Callable[[], None] | None = None
@@ -83,7 +91,7 @@ class HttpConnection(asyncio.Protocol):
         self.peer = ""
         self._queue: deque[tuple[Request, ResponseWriter]] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._idle: asyncio.Future[None] | None = None
+        self._idle: asyncio.Future[Any] | None = None
         self._closing = False
         self._pauses = 0  # why reading is paused: a set of _PAUSE_* bits, 0 when reading
         self._writing_paused = False
@@ -381,7 +389,9 @@ class HttpConnection(asyncio.Protocol):
         if self._task is None:
             self._task = self._loop.create_task(self._serve())
         elif self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)
+            head_start = self._tracker.head_start
+            if head_start is None or not head_start(self._queue[0][0], self, self._idle):
+                self._idle.set_result(None)
 
     async def _serve(self) -> None:
         """Answer queued requests in order until the connection closes."""
@@ -389,7 +399,12 @@ class HttpConnection(asyncio.Protocol):
         while not self._closing:
             if not queue:
                 self._idle = self._loop.create_future()
-                await self._idle
+                # A head start's failure is the handler's to read from the future (not
+                # contextlib.suppress: two calls per request).
+                try:  # noqa: SIM105
+                    await self._idle
+                except Exception:  # noqa: S110
+                    pass
                 self._idle = None
                 continue
             request, writer = queue[0]

@@ -29,6 +29,7 @@ from apigate.ratelimit.storage.base import (
     Outcome,
     Reply,
     Storage,
+    Submitted,
     group_outcome,
 )
 
@@ -86,10 +87,10 @@ class _Plan:
         self.allowed = Verdict(True, 200, "allowed", policy=planned[0].name)
 
 
-# A decision sent to storage by RateLimiter.begin: the plan, the future to await and where the
-# decision's group starts in its reply, for RateLimiter.conclude (RateLimiter.failed on a
+# A decision sent to storage by RateLimiter.begin: the plan, and the future to await with where
+# the decision's group starts in its reply, for RateLimiter.conclude (RateLimiter.failed on a
 # StorageError). A tuple: no __init__ to run.
-Pending = tuple[_Plan, "asyncio.Future[Reply]", int]
+Pending = tuple[_Plan, Submitted]
 
 
 class RateLimiter:
@@ -110,6 +111,10 @@ class RateLimiter:
             storage, instance_id=instance_id, clock=clock, timeout_s=timeout_s
         )
         self._rt.timeout_s = timeout_s
+        # What begin() reads per request, without going through the guard.
+        self._denials = self._rt.cache.denials
+        self._breaker = self._rt.breaker
+        self._submit = self._rt.storage.submit
         self._policy_values: dict[tuple[str, ...], bytes] = {}
         self._quotas: dict[tuple[str, ...], list[hdr.Quota]] = {}
         self._one_policy_parts: dict[str, tuple[hdr.Header, bytes]] = {}
@@ -178,6 +183,7 @@ class RateLimiter:
         policy_names: tuple[str, ...],
         caller: Caller | str,
         headers: Mapping[str, str],
+        future: asyncio.Future[Reply] | None = None,
     ) -> Verdict | Pending | None:
         """Begin deciding one request without a coroutine (the request path's fast path).
 
@@ -185,31 +191,32 @@ class RateLimiter:
         without auth): no Caller is made unless the request's plan is not memoized yet.
 
         Returns the Verdict when it is known at once (unlimited, 400, a cached denial); a
-        Pending (plan, future, position) when the decision went to storage as one bare future
-        (see ``Storage.submit``); or None
+        Pending (plan, (future, position)) when the decision went to storage as one bare future
+        (see ``Storage.submit``; ``future`` when given, which storage then completes); or None
         when this request needs the general path, ``await check(...)`` (shadow policies, an
         open circuit, a storage without ``submit``).
         """
         # An address's memoized plan, the common case, is looked up without a call.
-        found = self._plans.get((policy_names, caller, None, route)) if isinstance(
-            caller, str
-        ) else None
-        plan = found or self._plan_for(route, policy_names, caller, headers)
-        if isinstance(plan, Verdict):
-            return plan
+        plan = self._plans.get((policy_names, caller, None, route)) if type(
+            caller
+        ) is str else None
+        if plan is None:
+            made = self._plan_for(route, policy_names, caller, headers)
+            if isinstance(made, Verdict):
+                return made
+            plan = made
         if plan.shadow:
             return None
-        rt = self._rt
-        if rt.cache.denials:
+        if self._denials:
             cached = self._cached_denial(plan.planned)
             if cached is not None:
                 return cached
-        if rt.breaker.state is not _CLOSED:
+        if self._breaker.state is not _CLOSED:
             return None
-        submitted = rt.storage.submit(plan.specs)
+        submitted = self._submit(plan.specs, future)
         if submitted is None:
             return None
-        return plan, submitted[0], submitted[1]
+        return plan, submitted
 
     def conclude(
         self, plan: _Plan, reply: Reply, pos: int, out: list[hdr.Header]
@@ -223,11 +230,13 @@ class RateLimiter:
         """
         one = plan.one
         if one is not None and reply[pos] == 1:
-            breaker = self._rt.breaker
+            breaker = self._breaker
             if breaker.failures or breaker.state is not _CLOSED:
                 breaker.success()  # else it has nothing to reset: not even called
-            out.append(one[0])
-            out.append((b"RateLimit", _one_policy_value(one, reply[pos + 1], reply[pos + 2])))
+            # _one_policy_value(), written out: a call less per request
+            out += (one[0], (b"RateLimit", b"%s%d;t=%d" % (
+                one[1], reply[pos + 1], (reply[pos + 2] + 999) // 1000
+            )))
             return plan.allowed
         outcome = group_outcome(reply, pos, len(plan.specs))
         self._rt.breaker.success()
@@ -471,7 +480,7 @@ _CLOSED = BreakerState.CLOSED  # read per request: an enum member through its cl
 
 def _one_policy_value(parts: tuple[hdr.Header, bytes], remaining: int, reset_ms: int) -> bytes:
     """The ``RateLimit`` value of a lone policy from its pre-rendered parts."""
-    return b"%s%d;t=%d" % (parts[1], remaining, -(-reset_ms // 1000))  # whole seconds, up
+    return b"%s%d;t=%d" % (parts[1], remaining, (reset_ms + 999) // 1000)  # whole seconds, up
 
 
 def _remaining(pair: tuple[_Planned, LimitState]) -> int:

@@ -310,6 +310,22 @@ async def test_decisions_of_one_spec_in_a_tick_are_charged_as_one_group(
     assert (await storage.peek(spec)).remaining == 60
 
 
+async def test_a_full_joined_group_is_followed_by_a_new_one_in_the_same_batch(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    """80 decisions of one spec in a tick: groups of 33 (a first and 32 joined), 33 and 14 in
+    one EVALSHA; every decision is answered, in order."""
+    await storage.ping()
+    spec = LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, 100, LONG_MS)
+    redis_server.node.cmd("CONFIG", "RESETSTAT")
+    outcomes = await asyncio.gather(*(storage.decide([spec]) for _ in range(80)))
+    stats = redis_server.node.cmd("INFO", "commandstats")
+    assert [o.states[0].remaining for o in outcomes] == list(range(99, 19, -1))
+    assert all(o.allowed for o in outcomes)
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert stats["cmdstat_incrby"]["calls"] == 3
+
+
 @pytest.mark.parametrize("algorithm", [Algorithm.FIXED_WINDOW, Algorithm.SLIDING_WINDOW])
 async def test_joined_decisions_that_do_not_fit_pass_as_far_as_the_limit_lets(
     storage: RedisStorage, redis_server: RedisServer, algorithm: Algorithm

@@ -57,10 +57,20 @@ class FakeStorage(Storage):
         await self._maybe_fail()
         return await self.inner.decide(specs)
 
-    def submit(self, specs: Sequence[LimitSpec]) -> Submitted | None:
+    def submit(
+        self, specs: Sequence[LimitSpec], future: asyncio.Future[Reply] | None = None
+    ) -> Submitted | None:
         if not self.submits:
             return None
-        return asyncio.ensure_future(self._reply(specs)), 0
+        task = asyncio.ensure_future(self._reply(specs))
+        if future is None:
+            return task, 0
+        given = future
+        task.add_done_callback(
+            lambda done: given.set_exception(exc) if (exc := done.exception()) is not None
+            else given.set_result(done.result())
+        )
+        return given, 0
 
     async def _reply(self, specs: Sequence[LimitSpec]) -> Reply:
         outcome = await self.decide(specs)

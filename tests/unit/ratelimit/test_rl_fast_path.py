@@ -20,7 +20,7 @@ async def decide(limiter: RateLimiter, names: tuple[str, ...] = ("per-ip",)) -> 
     kwargs = {"route": "r", "policy_names": names, "caller": Caller("203.0.113.7"), "headers": {}}
     started = limiter.begin(**kwargs)  # type: ignore[arg-type]
     if isinstance(started, tuple):  # a Pending
-        plan, future, pos = started
+        plan, (future, pos) = started
         try:
             out: list[tuple[bytes, bytes]] = []
             verdict = limiter.conclude(plan, await future, pos, out)
@@ -94,7 +94,8 @@ async def test_header_keyed_policies_are_planned_per_request() -> None:
             headers={"x-tenant": name, "x-cost": cost},
         )
         assert isinstance(started, tuple)
-        return limiter.conclude(started[0], await started[1], started[2], []).decision
+        plan, (future, pos) = started
+        return limiter.conclude(plan, await future, pos, []).decision
 
     assert [await call("a"), await call("a"), await call("a")] == ["allowed", "allowed", "limited"]
     assert await call("b", cost="2") == "allowed"  # b's own bucket, charged 2

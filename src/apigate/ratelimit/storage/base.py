@@ -123,14 +123,16 @@ class Storage(ABC):
         ``storage.timeout_ms`` after the command went out.
         """
 
-    def submit(self, specs: Sequence[LimitSpec]) -> Submitted | None:
+    def submit(
+        self, specs: Sequence[LimitSpec], future: asyncio.Future[Reply] | None = None
+    ) -> Submitted | None:
         """``decide`` without a coroutine, or None if unsupported.
 
         For the request path, which then awaits one bare future instead of a chain of
         coroutines and reads its group of the reply with :func:`group_outcome` (or directly).
-        The future fails with StorageError within ``storage.timeout_ms`` or is done at once.
-        Only a storage with
-        ``bounds_own_calls`` offers it; ``specs`` must not be empty.
+        The future (``future`` when given, else a new one) fails with StorageError within
+        ``storage.timeout_ms`` or is done at once. Only a storage with ``bounds_own_calls``
+        offers it; ``specs`` must not be empty.
         """
         return None
 

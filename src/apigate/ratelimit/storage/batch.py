@@ -41,11 +41,11 @@ from apigate.ratelimit.storage.resp import Arg, Command, ReplyError, Script
 
 _EVALSHA = b"EVALSHA"
 # id(spec) -> (spec, its key as a RESP bulk string, its five arguments as RESP bulk strings,
-# the arguments of a group of this spec alone: size 1, the five, mode). Keyed per spec, not per
-# group: the limiter hands the same spec objects back for the same client, but a caller may
-# build a new list or tuple around them every time. The spec itself is kept so its id cannot
-# be reused by another object while cached.
-_Encoded = tuple[LimitSpec, bytes, bytes, bytes]
+# the arguments of a group of this spec alone: size 1, the five, mode; whether such a group is
+# open to joining). Keyed per spec, not per group: the limiter hands the same spec objects back
+# for the same client, but a caller may build a new list or tuple around them every time. The
+# spec itself is kept so its id cannot be reused by another object while cached.
+_Encoded = tuple[LimitSpec, bytes, bytes, bytes, bool]
 _ENCODED_MAX = 10_000
 
 
@@ -61,19 +61,10 @@ _Futures = list["asyncio.Future[Reply]"]
 # Algorithms whose lone-spec decisions are joined (codes up to this one: the window counters,
 # which decide.lua's joined mode takes).
 _JOINABLE_UP_TO = int(Algorithm.SLIDING_WINDOW)
-# A batch's group open to more decisions of its spec: the spec, the group's index, the index
-# of its part in the arguments, and where its reply starts.
-_Head = tuple[LimitSpec, int, int, int]
-
-
-class _Joined:
-    """The decisions that joined one group after its first, and what the group stood for."""
-
-    __slots__ = ("futures", "head")
-
-    def __init__(self, head: _Head) -> None:
-        self.head = head
-        self.futures: _Futures = []  # the group's own decision is not among them
+# A batch's lone-spec group open to more decisions of its spec: the spec, the futures of the
+# decisions that joined it (its own is not among them), the group's index, the index of its
+# part in the arguments, and where its reply starts.
+_Head = tuple[LimitSpec, _Futures, int, int, int]
 
 
 class DecisionBatcher:
@@ -100,19 +91,21 @@ class DecisionBatcher:
         self._key_parts: list[bytes] = []
         self._arg_parts: list[bytes] = []
         self._keys = 0
-        # Lone-spec groups open to joining, by id(spec), and the decisions that joined them, by
-        # group index (see the module docstring).
+        # Lone-spec groups open to joining, by id(spec) (see the module docstring), and joined
+        # groups that filled up and were followed by a new group of their spec.
         self._heads: dict[int, _Head] = {}
-        self._joined: dict[int, _Joined] = {}
+        self._full: list[_Head] = []
         # The loop the end-of-tick write is scheduled on (None: not scheduled).
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Called with the seconds each batch took from its write to its reply (metrics).
         self.observe: Callable[[float], None] | None = None
 
-    def submit(self, specs: Sequence[LimitSpec]) -> Submitted:
-        """Queue one decision (mode 0) of ``specs``: a future of the batch's reply and the
-        decision's place in it."""
+    def submit(
+        self, specs: Sequence[LimitSpec], future: asyncio.Future[Reply] | None = None
+    ) -> Submitted:
+        """Queue one decision (mode 0) of ``specs``: a future of the batch's reply (``future``
+        when given) and the decision's place in it."""
         loop = self._scheduled_on
         # The tick's first decision schedules the end-of-tick write. Checked per loop, so a
         # loop that stopped before running that write cannot leave the batcher stuck.
@@ -123,36 +116,35 @@ class DecisionBatcher:
                 loop = self._loop = asyncio.get_running_loop()
             self._scheduled_on = loop
             loop.call_soon(self._end_of_tick)
-        fut: asyncio.Future[Reply] = loop.create_future()
-        futures = self._futures
-        pos = len(futures) + 3 * self._keys  # one allowed flag per group, three ints per spec
-        encoded = self._encoded
+        fut = loop.create_future() if future is None else future
         if len(specs) == 1:  # the common case, without a loop
             spec = specs[0]
-            if spec.algorithm <= _JOINABLE_UP_TO:
-                head = self._heads.get(id(spec))
-                if head is not None and head[0] is spec:
-                    joined = self._joined.get(head[1])
-                    if joined is None:
-                        joined = self._joined[head[1]] = _Joined(head)
-                    if len(joined.futures) < self._max_groups:
-                        joined.futures.append(fut)
-                        return fut, 0  # handed a reply of its own (see _deliver)
-                self._heads[id(spec)] = (spec, len(futures), len(self._arg_parts), pos)
-            futures.append(fut)
-            self._groups.append(specs)
-            enc = encoded.get(id(spec))
+            head = self._heads.get(id(spec))
+            if head is not None and head[0] is spec and len(head[1]) < self._max_groups:
+                head[1].append(fut)
+                return fut, 0  # handed a reply of its own (see _answer_joined)
+            futures = self._futures
+            pos = len(futures) + 3 * self._keys  # one allowed flag per group, three ints per spec
+            enc = self._encoded.get(id(spec))
             if enc is None or enc[0] is not spec:
                 enc = self._encode(spec)
+            if enc[4]:
+                if head is not None and head[1]:  # full: this decision starts a new group
+                    self._full.append(head)
+                self._heads[id(spec)] = (spec, [], len(futures), len(self._arg_parts), pos)
+            futures.append(fut)
+            self._groups.append(specs)
             self._key_parts.append(enc[1])
             self._arg_parts.append(enc[3])
             self._keys += 1
         else:
+            futures = self._futures
+            pos = len(futures) + 3 * self._keys
             futures.append(fut)
             self._groups.append(specs)
             self._arg_parts.append(_bulk(len(specs)))
             for spec in specs:
-                enc = encoded.get(id(spec))
+                enc = self._encoded.get(id(spec))
                 if enc is None or enc[0] is not spec:
                     enc = self._encode(spec)
                 self._key_parts.append(enc[1])
@@ -167,7 +159,8 @@ class DecisionBatcher:
         if len(self._encoded) >= _ENCODED_MAX:
             self._encoded.clear()
         five = b"".join(_bulk(a) for a in spec_args(spec))
-        enc = (spec, _bulk(spec.key), five, _ONE + five + _DECIDE_MODE)
+        joinable = spec.algorithm <= _JOINABLE_UP_TO
+        enc = (spec, _bulk(spec.key), five, _ONE + five + _DECIDE_MODE, joinable)
         self._encoded[id(spec)] = enc
         return enc
 
@@ -179,8 +172,9 @@ class DecisionBatcher:
         futures, groups = self._futures, self._groups
         if not groups:
             return
-        joins = self._encode_joined() if self._joined else None
+        joins = None
         if self._heads:
+            joins = self._encode_joined()
             self._heads = {}
         keys = self._keys
         args = 2 * len(groups) + 5 * keys + (len(joins) if joins else 0)  # + k of a joined group
@@ -196,25 +190,26 @@ class DecisionBatcher:
         if not self._client.try_send_packed_now(data, sink, self._timeout_s):
             self._via_task(futures, groups, self._timeout_s, joins)  # not connected: connect first
 
-    def _encode_joined(self) -> list[_Joined]:
+    def _encode_joined(self) -> list[_Head] | None:
         """Each group that others joined becomes decide.lua's joined mode: k decisions."""
-        joins = list(self._joined.values())
-        self._joined = {}
-        for joined in joins:
-            spec, _, arg, _ = joined.head
+        joins = [head for head in self._heads.values() if head[1]]
+        if self._full:
+            joins += self._full
+            self._full = []
+        for spec, joined, _, arg, _ in joins:
             enc = self._encoded.get(id(spec))
             if enc is None or enc[0] is not spec:  # the cache was cleared since
                 enc = self._encode(spec)
-            count = b"%d" % (1 + len(joined.futures))
+            count = b"%d" % (1 + len(joined))
             self._arg_parts[arg] = b"%s%s%s$%d\r\n%s\r\n" % (
                 _ONE, enc[2], _JOINED_MODE, len(count), count
             )
-        return joins
+        return joins or None
 
     def _command(self, groups: list[Sequence[LimitSpec]],
-                 joins: list[_Joined] | None) -> Command:
+                 joins: list[_Head] | None) -> Command:
         """The batch as an EVALSHA argument tuple (for the slow path through run_script)."""
-        joined = {j.head[1]: 1 + len(j.futures) for j in joins or ()}
+        joined = {head[2]: 1 + len(head[1]) for head in joins or ()}
         keys: list[Arg] = []
         args: list[Arg] = []
         for index, specs in enumerate(groups):
@@ -226,7 +221,7 @@ class DecisionBatcher:
         return (_EVALSHA, self._script.sha, len(keys), *keys, *args)
 
     def _via_task(self, futures: _Futures, groups: list[Sequence[LimitSpec]],
-                  timeout_s: float, joins: list[_Joined] | None) -> None:
+                  timeout_s: float, joins: list[_Head] | None) -> None:
         started = time.perf_counter()
         task = asyncio.get_running_loop().create_task(self._client.run_script(
             self._script, self._command(groups, joins), timeout_s=timeout_s
@@ -237,7 +232,7 @@ class DecisionBatcher:
         )
 
     def _task_done(self, done: asyncio.Task[Any], futures: _Futures, expected: int,
-                   started: float, joins: list[_Joined] | None) -> None:
+                   started: float, joins: list[_Head] | None) -> None:
         if self.observe is not None:
             self.observe(time.perf_counter() - started)
         if done.cancelled():
@@ -255,7 +250,7 @@ class _BatchReply:
 
     def __init__(self, batcher: DecisionBatcher, futures: _Futures,
                  groups: list[Sequence[LimitSpec]], expected: int,
-                 joins: list[_Joined] | None) -> None:
+                 joins: list[_Head] | None) -> None:
         self._batcher = batcher
         self._futures = futures
         self._groups = groups
@@ -290,7 +285,7 @@ class _BatchReply:
 
 
 def _deliver(reply: Any, futures: _Futures, expected: int,
-             joins: list[_Joined] | None) -> None:
+             joins: list[_Head] | None) -> None:
     """Hand the batch's decisions the script's reply, if it is ``expected`` long."""
     if type(reply) is not list or len(reply) != expected:
         _fail(futures, StorageError(f"decide.lua returned {reply!r}"), joins)
@@ -302,7 +297,7 @@ def _deliver(reply: Any, futures: _Futures, expected: int,
             fut.set_result(reply)
 
 
-def _answer_joined(reply: Reply, joined: _Joined) -> None:
+def _answer_joined(reply: Reply, head: _Head) -> None:
     """Give each decision of a joined group its own answer from the group's ``[n, left, reset,
     retry]``: n fitted, one after another.
 
@@ -310,23 +305,29 @@ def _answer_joined(reply: Reply, joined: _Joined) -> None:
     were refused with ``left`` and ``retry``. The group's own decision, the first, finds its
     answer written into the batch's reply at the group's place.
     """
-    spec, _, _, pos = joined.head
+    spec, joined, _, _, pos = head
     fitted, left, reset, retry = reply[pos:pos + 4]
-    count, cost = 1 + len(joined.futures), spec.cost
     if fitted == -1:  # the script refused the spec, for every one of them
-        answers = [[-1, 0, 0, 0]] * count
-    else:
-        answers = [
-            [1, left + (fitted - i) * cost, reset, 0] if i <= fitted else [0, left, reset, retry]
-            for i in range(1, 1 + count)
-        ]
-    reply[pos:pos + 4] = answers[0]
-    for fut, answer in zip(joined.futures, answers[1:], strict=True):
-        if not fut.done():
-            fut.set_result(answer)
+        reply[pos:pos + 4] = [-1, 0, 0, 0]
+        for fut in joined:
+            if not fut.done():
+                fut.set_result([-1, 0, 0, 0])
+        return
+    cost = spec.cost
+    remaining = left + fitted * cost  # before the first: each that fitted takes cost from it
+    if fitted:  # the first passed (else the group's answer is already its own)
+        remaining -= cost
+        reply[pos], reply[pos + 1], reply[pos + 3] = 1, remaining, 0
+    for i, fut in enumerate(joined, 2):
+        if i <= fitted:
+            remaining -= cost
+            if not fut.done():
+                fut.set_result([1, remaining, reset, 0])
+        elif not fut.done():
+            fut.set_result([0, left, reset, retry])
 
 
-def _fail(futures: _Futures, exc: BaseException, joins: list[_Joined] | None = None) -> None:
-    for fut in chain(futures, *(joined.futures for joined in joins or ())):
+def _fail(futures: _Futures, exc: BaseException, joins: list[_Head] | None = None) -> None:
+    for fut in chain(futures, *(head[1] for head in joins or ())):
         if not fut.done():
             fut.set_exception(StorageError(str(exc) or type(exc).__name__))

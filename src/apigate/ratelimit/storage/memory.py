@@ -90,13 +90,16 @@ class MemoryStorage(Storage):
         """Check all specs; charge all iff all allow (no await inside: atomic)."""
         return self._decide(specs)
 
-    def submit(self, specs: Sequence[LimitSpec]) -> Submitted:
+    def submit(
+        self, specs: Sequence[LimitSpec], future: asyncio.Future[Reply] | None = None
+    ) -> Submitted:
         """``decide`` with a future that is already done (see ``Storage.submit``)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            # asyncio.get_running_loop() costs a getpid() syscall per call: look it up once.
-            loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[Reply] = loop.create_future()
+        if future is None:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                # asyncio.get_running_loop() costs a getpid() syscall per call: look it up once.
+                loop = self._loop = asyncio.get_running_loop()
+            future = loop.create_future()
         if len(specs) == 1:  # the common case: the reply without an Outcome in between
             decision = self._decide_one(specs[0])
             future.set_result(group_reply(decision.allowed, (decision.state,)))

@@ -6,6 +6,7 @@ coalescing RESP client: decisions made in the same event-loop tick share one soc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from apigate.ratelimit.storage.base import (
     LimitSpec,
     LimitState,
     Outcome,
+    Reply,
     Storage,
     StorageError,
     Submitted,
@@ -105,10 +107,12 @@ class RedisStorage(Storage):
         batch, pos = self.batcher.submit(specs)
         return group_outcome(await batch, pos, len(specs))
 
-    def submit(self, specs: Sequence[LimitSpec]) -> Submitted:
+    def submit(
+        self, specs: Sequence[LimitSpec], future: asyncio.Future[Reply] | None = None
+    ) -> Submitted:
         """``decide`` as a bare future (see ``Storage.submit``); replaced in ``__init__`` by the
         batcher's own method, one call less on the request path."""
-        return self.batcher.submit(specs)
+        return self.batcher.submit(specs, future)
 
     def observe_with(self, hook: Callable[[float], None] | None) -> None:
         """Report each batch's round trip (write to reply) to ``hook``."""
