@@ -7,6 +7,7 @@ requests while in-flight ones finish on the old one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from apigate.observability.access_log import AccessEntry
 from apigate.observability.logging import bind_request, unbind, update_request
 from apigate.observability.request_id import new_request_id, trace_id, valid_request_id
 from apigate.proxy.forward import ForwardFailed, Outbound
-from apigate.ratelimit.limiter import Pending
+from apigate.ratelimit.limiter import Pending, Verdict
 from apigate.ratelimit.storage.base import StorageError
 from apigate.routing.router import Match, MethodNotAllowed, host_without_port
 from apigate.runtime import Runtime
@@ -30,7 +31,7 @@ from apigate.runtime import Runtime
 class _Outcome:
     """What the access log and metrics need to know about one request."""
 
-    __slots__ = ("client_ip", "consumer", "decision", "policy", "request_id", "route", "upstream")
+    __slots__ = ("client_ip", "consumer", "request_id", "route", "upstream", "verdict")
 
     def __init__(self, request_id: str, client_ip: str) -> None:
         self.request_id = request_id
@@ -38,15 +39,16 @@ class _Outcome:
         self.route: str | None = None
         self.upstream: str | None = None
         self.consumer: str | None = None
-        self.decision: str | None = None
-        self.policy: str | None = None
+        self.verdict: Verdict | None = None  # the rate limiter's, if it was asked
 
+
+log = logging.getLogger("apigate.gateway")
 
 # The caller of routes without auth (no consumer): the limiter keys it by address.
 _ANONYMOUS = Caller("")
 # What head_start() worked out for handle(): the snapshot, the route, the client address and
-# its headers' view and the rate-limit decision sent, if one was.
-_HeadStart = tuple[Runtime, Match, str, HeaderView, "Pending | None"]
+# its headers' view, the rate-limit decision sent (if one was) and when the request came.
+_HeadStart = tuple[Runtime, Match, str, HeaderView, "Pending | None", float]
 
 
 class Gateway:
@@ -67,41 +69,52 @@ class Gateway:
         decision. Returns False (the connection wakes the task now) for every other request;
         what was worked out here is left in ``request.head_start`` for :meth:`handle`.
         """
+        started = time.perf_counter()
         runtime = self.runtime
         try:
             match = _match(runtime, request)
+            client_ip = conn.peer
+            if runtime.trusted.enabled:
+                forwarded = request.header_values(b"x-forwarded-for")
+                client_ip = runtime.trusted.client_ip(client_ip, forwarded)
+            route = match.route
+            headers = HeaderView(request.headers)
+            pending = None
+            if route.rate_limits and route.auth == "none":
+                begun = runtime.limiter.begin(
+                    route.name, route.rate_limits, client_ip, headers, wake
+                )
+                if type(begun) is tuple:  # a Pending: storage completes ``wake`` (last step)
+                    pending = begun
         except HttpError:
             return False  # handle() answers it
-        client_ip = conn.peer
-        if runtime.trusted.enabled:
-            forwarded = request.header_values(b"x-forwarded-for")
-            client_ip = runtime.trusted.client_ip(client_ip, forwarded)
-        route = match.route
-        headers = HeaderView(request.headers)
-        pending = None
-        if route.rate_limits and route.auth == "none":
-            begun = runtime.limiter.begin(route.name, route.rate_limits, client_ip, headers, wake)
-            if type(begun) is tuple:  # a Pending: storage completes ``wake``
-                pending = begun
-        request.head_start = (runtime, match, client_ip, headers, pending)
-        return pending is not None
+        except Exception:  # a bug here must not become the parser's "malformed request"
+            log.exception("head start failed; the request takes the handler's path")
+            return False
+        request.head_start = (runtime, match, client_ip, headers, pending, started)
+        if pending is None:
+            return False
+        runtime.metrics.inflight(1)  # from now: handle() counts it out
+        return True
 
     async def handle(self, request: Request, writer: ResponseWriter, conn: HttpConnection) -> None:
-        started = time.perf_counter()
         prepared: _HeadStart | None = request.head_start
-        if prepared is not None:  # see head_start()
-            runtime, match, client_ip, headers, pending = prepared
+        if prepared is not None:  # see head_start(): timed and counted in flight from there
+            runtime, match, client_ip, headers, pending, started = prepared
+            if pending is None:
+                runtime.metrics.inflight(1)
         else:
+            started = time.perf_counter()
             runtime, match, pending = self.runtime, None, None
             headers = HeaderView(request.headers)
             client_ip = conn.peer
             if runtime.trusted.enabled:
                 forwarded = request.header_values(b"x-forwarded-for")
                 client_ip = runtime.trusted.client_ip(client_ip, forwarded)
+            runtime.metrics.inflight(1)
         given = request.header(b"x-request-id")
         request_id = given.decode() if given and valid_request_id(given) else new_request_id()
         outcome = _Outcome(request_id, client_ip)
-        runtime.metrics.inflight(1)
         context = None
         # One flat coroutine: every await level costs on each suspend and resume.
         try:
@@ -122,6 +135,8 @@ class Gateway:
                 caller, policies, limited_as = _ANONYMOUS, route.rate_limits, client_ip
             response_headers = [(b"x-request-id", request_id.encode())]
             if pending is not None:  # decided while the task was idle: the future is done
+                if conn.closing:  # the client left meanwhile (see HttpConnection._cut_short)
+                    raise asyncio.CancelledError
                 limiter = runtime.limiter
                 plan, (decided, pos) = pending
                 try:
@@ -145,17 +160,20 @@ class Gateway:
                 else:
                     verdict = begun
             if policies:
-                runtime.metrics.ratelimit_decision(
-                    verdict.policy or "-",
-                    _DECISION_LABELS.get(verdict.decision, verdict.decision),  # type: ignore[arg-type]
-                )
-                outcome.decision = verdict.decision
-                outcome.policy = verdict.policy
+                labels = verdict.labels
+                if labels is None:  # once per Verdict: a plan's shared one is counted as is
+                    labels = verdict.labels = (
+                        verdict.policy or "-",
+                        _DECISION_LABELS.get(verdict.decision, verdict.decision),
+                    )
+                runtime.metrics.ratelimit_decision(labels)  # type: ignore[arg-type]
+                outcome.verdict = verdict
                 if not verdict.allowed:
                     raise HttpError(
                         verdict.status, verdict.error or "rate limited", headers=verdict.headers
                     )
-                response_headers.extend(verdict.headers)
+                if verdict.headers:
+                    response_headers += verdict.headers
             outbound = Outbound(
                 path=match.upstream_path,
                 query=_upstream_query(runtime, route, request.query),
@@ -220,6 +238,7 @@ def _log_access(
     *,
     seconds: float,
 ) -> None:
+    verdict = outcome.verdict
     runtime.access_log.log(
         AccessEntry(
             method=request.method,
@@ -237,8 +256,8 @@ def _log_access(
             route=outcome.route,
             upstream=outcome.upstream,
             consumer=outcome.consumer,
-            ratelimit_decision=outcome.decision,
-            ratelimit_policy=outcome.policy,
+            ratelimit_decision=verdict.decision if verdict is not None else None,
+            ratelimit_policy=verdict.policy if verdict is not None else None,
         )
     )
 

@@ -8,6 +8,7 @@ answered. Limits (head size, body size, head time, idle time) answer 431/413/408
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -92,7 +93,9 @@ class HttpConnection(asyncio.Protocol):
         self._queue: deque[tuple[Request, ResponseWriter]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.Future[Any] | None = None
-        self._closing = False
+        # The request whose head start took the idle future, until the task wakes for it.
+        self._head_started: tuple[Request, ResponseWriter] | None = None
+        self.closing = False  # closed or closing: nothing more is read or written
         self._pauses = 0  # why reading is paused: a set of _PAUSE_* bits, 0 when reading
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -128,7 +131,7 @@ class HttpConnection(asyncio.Protocol):
                 + b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
             )
             transport.close()
-            self._closing = True
+            self.closing = True
             return
         tracker.connections.add(self)
         if tracker.on_open is not None:
@@ -136,9 +139,9 @@ class HttpConnection(asyncio.Protocol):
         self._arm(self._limits.header_timeout_s, "header")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._closing and self not in self._tracker.connections:
+        if self.closing and self not in self._tracker.connections:
             return
-        self._closing = True
+        self.closing = True
         self._tracker.connections.discard(self)
         if self._tracker.on_close is not None:
             self._tracker.on_close()
@@ -162,7 +165,7 @@ class HttpConnection(asyncio.Protocol):
         self.flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-        self._closing = True
+        self.closing = True
 
     # -- flow control ---------------------------------------------------------------------
 
@@ -179,7 +182,7 @@ class HttpConnection(asyncio.Protocol):
         if not self._pauses & reason:
             return
         self._pauses &= ~reason
-        if not self._pauses and self.transport is not None and not self._closing:
+        if not self._pauses and self.transport is not None and not self.closing:
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:
@@ -202,14 +205,14 @@ class HttpConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
     async def drain(self) -> None:
-        if self._writing_paused and not self._closing:
+        if self._writing_paused and not self.closing:
             waiter = self._loop.create_future()
             self._drain_waiters.append(waiter)
             await waiter
 
     def write(self, data: bytes) -> None:
         """Queue ``data``; everything written in this tick goes out in one write."""
-        if not self._closing:
+        if not self.closing:
             self._out.write(data)
 
     def flush(self) -> None:
@@ -233,7 +236,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._closing or not self._deadline_kind:
+        if self.closing or not self._deadline_kind:
             return
         now = self._loop.time()
         if now < self._deadline:
@@ -257,7 +260,7 @@ class HttpConnection(asyncio.Protocol):
             if len(self._upgrade_data) > _UPGRADE_BUFFER:
                 self.pause_reading(_PAUSE_UPGRADE)  # until the tunnel opens
             return
-        if self._closing:
+        if self.closing:
             return
         continues_head = self._in_head
         if not continues_head and not self._queue:
@@ -390,22 +393,26 @@ class HttpConnection(asyncio.Protocol):
             self._task = self._loop.create_task(self._serve())
         elif self._idle is not None and not self._idle.done():
             head_start = self._tracker.head_start
-            if head_start is None or not head_start(self._queue[0][0], self, self._idle):
+            if head_start is not None and head_start(self._queue[0][0], self, self._idle):
+                self._disarm()  # the request is being answered, as when the task takes it
+                self._head_started = self._queue[0]
+            else:
                 self._idle.set_result(None)
 
     async def _serve(self) -> None:
         """Answer queued requests in order until the connection closes."""
         queue = self._queue
-        while not self._closing:
+        while not self.closing:
             if not queue:
                 self._idle = self._loop.create_future()
-                # A head start's failure is the handler's to read from the future (not
-                # contextlib.suppress: two calls per request).
-                try:  # noqa: SIM105
+                try:
                     await self._idle
-                except Exception:  # noqa: S110
+                except asyncio.CancelledError:
+                    await self._cut_short()
+                    raise
+                except Exception:  # noqa: S110 - a head start's failure: the handler reads it
                     pass
-                self._idle = None
+                self._idle = self._head_started = None
                 continue
             request, writer = queue[0]
             self._disarm()
@@ -424,9 +431,18 @@ class HttpConnection(asyncio.Protocol):
                     self.close()
             self._finish(writer)
 
+    async def _cut_short(self) -> None:
+        """The connection ended while a head start was pending: the request's handler still
+        runs, finds the connection closing and accounts for the request (it was charged)."""
+        started, self._head_started = self._head_started, None
+        if started is not None:
+            request, writer = started
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tracker.handler(request, writer, self)
+
     def _finish(self, writer: ResponseWriter) -> None:
         self._queue.popleft()
-        if writer.close or self._closing or not writer.started:
+        if writer.close or self.closing or not writer.started:
             self.close()
             return
         if self._pauses & _PAUSE_PIPELINE and len(self._queue) < MAX_PIPELINE:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from apigate.config.model import Config, RateLimitPolicy
 from apigate.identity import Caller
@@ -59,6 +59,10 @@ class Verdict:
     error: str | None = None
     policy: str | None = None  # the limit that rejected, or the most restrictive one
     shadow_limited: tuple[str, ...] = ()  # shadow policies that would have rejected
+    # The metrics labels (policy, decision), worked out once per Verdict by the data plane: a
+    # plan's shared "allowed" is counted without that work. Not an init field, so
+    # dataclasses.replace() leaves it unset on the copy.
+    labels: tuple[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
 
 _UNLIMITED = Verdict(True, 200, "unlimited")

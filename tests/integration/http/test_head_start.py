@@ -7,6 +7,7 @@ once, answer alike and follow ``on_failure`` when Redis does not answer.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from tests.integration.http.helpers import gateway_config, route, upstream
 from tests.integration.http.rawclient import RawClient, get
-from tests.support.gateway import running_gateway
+from tests.support.gateway import http_get, running_gateway
 from tests.support.redis_servers import RedisServer
 from tests.support.upstreams import ScriptedUpstream, UpstreamLoop
 
@@ -29,13 +30,17 @@ def _fresh(scripted: ScriptedUpstream) -> None:
     scripted.reset()
 
 
-def _config(scripted: ScriptedUpstream, redis_url: str, **storage: object) -> dict[str, object]:
+def _config(
+    scripted: ScriptedUpstream, redis_url: str, server: dict[str, object] | None = None,
+    **storage: object,
+) -> dict[str, object]:
     config = gateway_config(
         {"up": upstream(scripted.url)},
         [
             route("limited", "up", path_prefix="/limited", rate_limits=["per-ip"]),
             route("open", "up", path_prefix="/"),
         ],
+        **(server or {}),
     )
     config["storage"] = {"url": redis_url, **storage}
     config["rate_limits"] = {
@@ -99,3 +104,59 @@ def test_frozen_redis_answers_a_keep_alive_request_as_on_failure_says(
             assert response.header("retry-after") == "1"
             assert response.json()["error"]
         assert client.request(get("/free")).status == 200
+
+
+def test_a_decision_longer_than_the_header_timeout_is_still_answered(
+    scripted: ScriptedUpstream, fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The head has arrived: waiting for Redis (here 0.8 s, frozen) is not a slow head, even
+    past ``header_timeout_s`` (0.3 s). The request is answered as ``on_failure`` says."""
+    config = _config(scripted, fresh_redis.url, {"header_timeout_s": 0.3}, timeout_ms=800,
+                     on_failure="closed")
+    with running_gateway(config, tmp_path) as gw, RawClient(gw.port) as client:
+        assert client.request(get("/limited/t")).status == 200
+        fresh_redis.node.pause()
+        try:
+            response = client.request(get("/limited/t"))
+        finally:
+            fresh_redis.node.resume()
+        assert response.status == 503
+        assert client.request(get("/free")).status == 200
+
+
+def _sample(metrics: str, name: str, **labels: str) -> float:
+    """The value of one series in a /metrics page (0 when absent)."""
+    for line in metrics.splitlines():
+        if line.split("{")[0].split(" ")[0] == name and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_client_that_leaves_during_the_decision_is_counted_and_logged(
+    scripted: ScriptedUpstream, fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The client closes its connection while Redis (frozen) has not answered: the request
+    was charged, so it is counted (status 499, nothing in flight) and logged, and it never
+    reaches the upstream."""
+    config = _config(scripted, fresh_redis.url, timeout_ms=1000, on_failure="open")
+    config["observability"] = {"access_log": True, "log_level": "info"}
+    with running_gateway(config, tmp_path) as gw:
+        with RawClient(gw.port) as client:
+            assert client.request(get("/limited/gone")).status == 200
+            fresh_redis.node.pause()
+            client.send(get("/limited/gone"))
+            time.sleep(0.2)  # the head has arrived and its decision is waiting
+        time.sleep(1.0)  # past timeout_ms: the open verdict finds the connection gone
+        fresh_redis.node.resume()
+        time.sleep(1.5)  # workers flush metrics once a second
+        status, body = http_get(f"{gw.admin_url}/metrics")
+        assert status == 200
+        page = body.decode()
+        assert _sample(page, "apigate_requests_total", route="limited",
+                       status_class="4xx") == 1
+        assert _sample(page, "apigate_inflight_requests") == 0
+        log = gw.log_path.read_text()
+        assert len(re.findall(r'"http.response.status_code":499', log)) == 1
+    assert [r.target for r in scripted.requests] == ["/limited/gone"]

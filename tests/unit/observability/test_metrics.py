@@ -127,10 +127,10 @@ def test_upstream_series(mp_dir: str) -> None:
 def test_ratelimit_decisions(mp_dir: str) -> None:
     """ratelimit_decision() counts by policy and decision; an unknown decision is other."""
     metrics = m.Metrics()
-    metrics.ratelimit_decision("per-ip", "allowed")
-    metrics.ratelimit_decision("per-ip", "limited")
-    metrics.ratelimit_decision("per-ip", "limited")
-    metrics.ratelimit_decision("per-ip", "maybe")  # type: ignore[arg-type]
+    metrics.ratelimit_decision(("per-ip", "allowed"))
+    metrics.ratelimit_decision(("per-ip", "limited"))
+    metrics.ratelimit_decision(("per-ip", "limited"))
+    metrics.ratelimit_decision(("per-ip", "maybe"))  # type: ignore[arg-type]
     metrics.flush()
     samples = scrape()
     name = "apigate_ratelimit_decisions_total"
@@ -205,7 +205,7 @@ def test_null_metrics_records_nothing(mp_dir: str) -> None:
     sink.upstream_done("users", 0.01)
     sink.upstream_error("users", "connect")
     sink.targets_ejected("users", 1)
-    sink.ratelimit_decision("per-ip", "allowed")
+    sink.ratelimit_decision(("per-ip", "allowed"))
     sink.storage_seconds(0.001)
     sink.connection_opened()
     sink.connection_closed()
