@@ -159,9 +159,12 @@ def workdir() -> tempfile.TemporaryDirectory[str]:
 
 
 def wrk_run(url: str, *, connections: int = 64, seconds: int = 5, threads: int = 1,
-            headers: tuple[str, ...] = (), script: Path | None = None) -> dict[str, float]:
-    """Like :func:`wrk`, with ``-H`` headers and a ``-s`` Lua script; adds ``requests`` (total)."""
-    command = [require("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+            headers: tuple[str, ...] = (), script: Path | None = None,
+            timeout_s: int = 2) -> dict[str, float]:
+    """Like :func:`wrk`, with ``-H`` headers and a ``-s`` Lua script; adds ``requests`` (total).
+    A request unanswered after ``timeout_s`` counts as a timeout error."""
+    command = [require("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+               f"--timeout={timeout_s}s"]
     for header in headers:
         command += ["-H", header]
     if script is not None:
