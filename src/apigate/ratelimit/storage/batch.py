@@ -110,27 +110,23 @@ class DecisionBatcher:
         # The tick's first decision schedules the end-of-tick write. Checked per loop, so a
         # loop that stopped before running that write cannot leave the batcher stuck.
         if loop is None or loop.is_closed():
-            loop = self._loop
-            if loop is None or loop.is_closed():
-                # asyncio.get_running_loop() costs a getpid() syscall: look it up once.
-                loop = self._loop = asyncio.get_running_loop()
-            self._scheduled_on = loop
-            loop.call_soon(self._end_of_tick)
+            loop = self._schedule()
         fut = loop.create_future() if future is None else future
+        # Caches keyed by id() hold the object itself: while an entry exists, no other object
+        # can have its id, so an entry found for a live spec is that spec's.
         if len(specs) == 1:  # the common case, without a loop
             spec = specs[0]
             head = self._heads.get(id(spec))
-            if head is not None and head[0] is spec and len(head[1]) < self._max_groups:
-                head[1].append(fut)
-                return fut, 0  # handed a reply of its own (see _answer_joined)
+            if head is not None:
+                joined = head[1]
+                if len(joined) < self._max_groups:
+                    joined.append(fut)
+                    return fut, 0  # handed a reply of its own (see _answer_joined)
+                self._full.append(head)  # this decision starts a new group of the spec
             futures = self._futures
             pos = len(futures) + 3 * self._keys  # one allowed flag per group, three ints per spec
-            enc = self._encoded.get(id(spec))
-            if enc is None or enc[0] is not spec:
-                enc = self._encode(spec)
+            enc = self._encoded.get(id(spec)) or self._encode(spec)
             if enc[4]:
-                if head is not None and head[1]:  # full: this decision starts a new group
-                    self._full.append(head)
                 self._heads[id(spec)] = (spec, [], len(futures), len(self._arg_parts), pos)
             futures.append(fut)
             self._groups.append(specs)
@@ -144,9 +140,7 @@ class DecisionBatcher:
             self._groups.append(specs)
             self._arg_parts.append(_bulk(len(specs)))
             for spec in specs:
-                enc = self._encoded.get(id(spec))
-                if enc is None or enc[0] is not spec:
-                    enc = self._encode(spec)
+                enc = self._encoded.get(id(spec)) or self._encode(spec)
                 self._key_parts.append(enc[1])
                 self._arg_parts.append(enc[2])
             self._arg_parts.append(_DECIDE_MODE)
@@ -154,6 +148,16 @@ class DecisionBatcher:
         if len(futures) >= self._max_groups:
             self._send()
         return fut, pos
+
+    def _schedule(self) -> asyncio.AbstractEventLoop:
+        """The running loop, with the end-of-tick write scheduled on it."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            # asyncio.get_running_loop() costs a getpid() syscall: look it up once.
+            loop = self._loop = asyncio.get_running_loop()
+        self._scheduled_on = loop
+        loop.call_soon(self._end_of_tick)
+        return loop
 
     def _encode(self, spec: LimitSpec) -> _Encoded:
         if len(self._encoded) >= _ENCODED_MAX:
@@ -197,9 +201,7 @@ class DecisionBatcher:
             joins += self._full
             self._full = []
         for spec, joined, _, arg, _ in joins:
-            enc = self._encoded.get(id(spec))
-            if enc is None or enc[0] is not spec:  # the cache was cleared since
-                enc = self._encode(spec)
+            enc = self._encoded.get(id(spec)) or self._encode(spec)  # cleared since?
             count = b"%d" % (1 + len(joined))
             self._arg_parts[arg] = b"%s%s%s$%d\r\n%s\r\n" % (
                 _ONE, enc[2], _JOINED_MODE, len(count), count
