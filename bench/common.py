@@ -128,19 +128,36 @@ def python_line() -> str:
     return f"Python {sys.version.split()[0]} ({sys.executable})"
 
 
+def worker_pids(data_port: int) -> list[int]:
+    """The worker processes of the apigate on ``data_port`` (Linux: reads /proc)."""
+    found = subprocess.run(["pgrep", "-f", f"apigate-{data_port}.yaml"], capture_output=True,
+                           text=True, check=False).stdout.split()
+    return [int(child) for pid in found
+            for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def worker_cpu_s(data_port: int) -> float:
     """CPU seconds (user + system) the workers of the apigate on ``data_port`` have used.
 
     Throughput on a shared 2-core machine swings with the neighbours; CPU per request of
     the one worker is the steadier figure (Linux: reads /proc).
     """
-    found = subprocess.run(["pgrep", "-f", f"apigate-{data_port}.yaml"], capture_output=True,
-                           text=True, check=False).stdout.split()
-    total = 0.0
-    for pid in found:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        total += sum(process_cpu_s(int(child)) for child in children)
-    return total
+    return sum(process_cpu_s(pid) for pid in worker_pids(data_port))
+
+
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """One CPU for the gateway under test and the others for everything else, or None when
+    this process may run on fewer than two."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Keep every thread of process ``pid`` on ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
 
 
 def process_cpu_s(pid: int) -> float:

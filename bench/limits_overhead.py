@@ -3,16 +3,23 @@
 Both gateways run one worker on the same nginx upstream; the limited one checks a policy so
 high that nothing is rejected, on its own redis-server. Rounds alternate between the two under
 the same wrk (which of the two goes first alternates too). Prints requests/s, the ratio (goal
->= 0.90), each worker's CPU per request (steadier than throughput on a shared machine), Redis
+>= 0.90), each worker's CPU per request (steadier than throughput on a shared machine) and how
+busy it was (near 100%: the gateway, not its neighbours, set the pace), Redis
 round trips (EVALSHA) and all Redis commands per request from ``INFO commandstats``, and the
 gateway's decisions by outcome from ``/metrics`` (``failure_open`` means Redis did not answer
 within ``storage.timeout_ms`` and the request went through undecided), for
 ``sliding_window`` and ``fixed_window``. Run: ``python bench/limits_overhead.py``.
+
+With two CPUs or more, each gateway's worker runs on a CPU of its own and wrk, nginx and Redis
+on the others (``--no-pin``: anywhere). In production Redis runs on other hosts; on a 2-core
+machine left unpinned, Redis takes CPU time from the limited gateway's worker, and only from
+that one, so the ratio would measure the machine's contention as well as the limit's cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,13 +32,16 @@ from common import (
     median,
     nginx,
     nginx_upstream_block,
+    pin_process,
     python_line,
     redis_commandstats,
     redis_cpu_s,
     redis_server,
+    split_cpus,
     stats_delta,
     wait_port,
     worker_cpu_s,
+    worker_pids,
     wrk_run,
 )
 from common import workdir as make_workdir
@@ -57,11 +67,15 @@ def gateway_config(upstream_port: int, redis_port: int | None, algorithm: str) -
 
 
 def measured_run(args: argparse.Namespace, port: int) -> dict[str, float]:
-    """wrk on one gateway; adds ``cpu_us``: its worker's CPU microseconds per request."""
-    cpu = worker_cpu_s(port)
+    """wrk on one gateway; adds ``cpu_us``, its worker's CPU microseconds per request, and
+    ``busy``, the share of the run its worker was on a CPU (near 1: the gateway was the
+    bottleneck, not wrk, nginx or Redis)."""
+    cpu, started = worker_cpu_s(port), time.monotonic()
     result = wrk_run(f"http://127.0.0.1:{port}/bench", connections=args.connections,
                      seconds=args.seconds)
-    result["cpu_us"] = (worker_cpu_s(port) - cpu) / result["requests"] * 1e6
+    used = worker_cpu_s(port) - cpu
+    result["cpu_us"] = used / result["requests"] * 1e6
+    result["busy"] = used / (time.monotonic() - started)
     return result
 
 
@@ -79,12 +93,16 @@ def limited_run(args: argparse.Namespace, port: int, admin: int,
 
 
 def compare(args: argparse.Namespace, work: Path, upstream: int, redis: int,
-            algorithm: str) -> float:
+            algorithm: str, *, split: tuple[set[int], set[int]] | None) -> float:
     """Alternate plain and limited gateways for ``args.rounds``; print rounds; median ratio."""
     with apigate(gateway_config(upstream, None, algorithm), workdir=work) as plain, apigate(
         gateway_config(upstream, redis, algorithm), workdir=work
     ) as limited:
         admin = admin_port(limited, workdir=work)
+        if split is not None:  # each gateway's worker on the CPU kept for it
+            for port in (plain, limited):
+                for pid in worker_pids(port):
+                    pin_process(pid, split[0])
         for port in (plain, limited):  # warm up pools, caches and the Lua script
             wrk_run(f"http://127.0.0.1:{port}/", connections=8, seconds=1)
         ratios, cpu_ratios, evalsha, commands = [], [], [], []
@@ -105,7 +123,8 @@ def compare(args: argparse.Namespace, work: Path, upstream: int, redis: int,
                   f"errors {lim['errors']:.0f}) | ratio {ratios[-1]:.2f}\n"
                   f"    worker CPU per request: no limits {base['cpu_us']:.1f} us, Redis limit "
                   f"{lim['cpu_us']:.1f} us (ratio {cpu_ratios[-1]:.2f}), Redis "
-                  f"{lim['redis_us']:.1f} us\n"
+                  f"{lim['redis_us']:.1f} us | worker busy {base['busy']:.0%} / "
+                  f"{lim['busy']:.0%}\n"
                   f"    decisions: {', '.join(f'{k} {v:.0f}' for k, v in decisions.items() if v)}"
                   f" | EVALSHA/request {evalsha[-1]:.3f}, Redis commands/request "
                   f"{commands[-1]:.3f} ({', '.join(f'{k} {v}' for k, v in delta.items() if v)})")
@@ -123,8 +142,18 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let every process run on every CPU (see the module docstring)")
     args = parser.parse_args()
     print(python_line())
+    split = None if args.no_pin else split_cpus()
+    if split is not None:
+        # Set before nginx and Redis start, so they and every wrk run inherit it.
+        os.sched_setaffinity(0, split[1])
+        print(f"pinned: the gateway worker on CPU {sorted(split[0])}; wrk, nginx and Redis on "
+              f"CPUs {sorted(split[1])}")
+    else:
+        print("not pinned: the gateway worker shares every CPU with wrk, nginx and Redis")
     with make_workdir() as tmp:
         work = Path(tmp)
         upstream = free_port()
@@ -135,7 +164,7 @@ def main() -> None:
             for algorithm in args.algorithms:
                 print(f"{algorithm} ({args.connections} connections, {args.seconds} s, "
                       f"{args.rounds} rounds):")
-                compare(args, work, upstream, redis, algorithm)
+                compare(args, work, upstream, redis, algorithm, split=split)
 
 
 if __name__ == "__main__":
