@@ -10,10 +10,10 @@ gateway's decisions by outcome from ``/metrics`` (``failure_open`` means Redis d
 within ``storage.timeout_ms`` and the request went through undecided), for
 ``sliding_window`` and ``fixed_window``. Run: ``python bench/limits_overhead.py``.
 
-With two CPUs or more, each gateway's worker runs on a CPU of its own and wrk, nginx and Redis
-on the others (``--no-pin``: anywhere). In production Redis runs on other hosts; on a 2-core
-machine left unpinned, Redis takes CPU time from the limited gateway's worker, and only from
-that one, so the ratio would measure the machine's contention as well as the limit's cost.
+Every process may run on every CPU. ``--pin`` (two CPUs or more) puts each gateway's worker on a
+CPU of its own and wrk, nginx and Redis on the others, so Redis cannot take CPU time from the
+limited worker; on 2 cores it then shares one CPU with wrk and nginx, and answers late when
+that CPU is full, which leaves the limited worker waiting (its "busy" share drops).
 """
 
 from __future__ import annotations
@@ -142,11 +142,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
-    parser.add_argument("--no-pin", action="store_true",
-                        help="let every process run on every CPU (see the module docstring)")
+    parser.add_argument("--pin", action="store_true",
+                        help="each gateway worker on a CPU of its own (see the module docstring)")
     args = parser.parse_args()
     print(python_line())
-    split = None if args.no_pin else split_cpus()
+    split = split_cpus() if args.pin else None
     if split is not None:
         # Set before nginx and Redis start, so they and every wrk run inherit it.
         os.sched_setaffinity(0, split[1])
