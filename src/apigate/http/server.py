@@ -412,7 +412,11 @@ class HttpConnection(asyncio.Protocol):
                     raise
                 except Exception:  # noqa: S110 - a head start's failure: the handler reads it
                     pass
-                self._idle = self._head_started = None
+                self._idle = None
+                if self.closing:  # closed, not cancelled, while the head start was pending
+                    await self._cut_short()
+                    return
+                self._head_started = None
                 continue
             request, writer = queue[0]
             self._disarm()
@@ -432,8 +436,9 @@ class HttpConnection(asyncio.Protocol):
             self._finish(writer)
 
     async def _cut_short(self) -> None:
-        """The connection ended while a head start was pending: the request's handler still
-        runs, finds the connection closing and accounts for the request (it was charged)."""
+        """The connection ended while a head start was pending (if one was): the request's
+        handler still runs, finds the connection closing and accounts for the request (it was
+        charged)."""
         started, self._head_started = self._head_started, None
         if started is not None:
             request, writer = started
