@@ -16,7 +16,7 @@ from apigate.http.body import BodyAborted, BodyTooLarge
 from apigate.http.errors import HttpError
 from apigate.http.request import HeaderView, Request
 from apigate.http.response import ResponseWriter
-from apigate.http.server import HttpConnection
+from apigate.http.server import HeadStart, HttpConnection
 from apigate.identity import Caller
 from apigate.observability.access_log import AccessEntry
 from apigate.observability.logging import bind_request, unbind, update_request
@@ -56,6 +56,12 @@ class Gateway:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    def head_start_hook(self) -> HeadStart | None:
+        """:meth:`head_start` when the current config has a route it can decide early (rate
+        limits, no auth), else None: with other configs no request makes the call."""
+        routes = self.runtime.config.routes
+        return self.head_start if any(r.rate_limits and r.auth == "none" for r in routes) else None
 
     def head_start(
         self, request: Request, conn: HttpConnection, wake: asyncio.Future[Any]

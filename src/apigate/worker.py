@@ -68,7 +68,7 @@ class Worker:
         runtime = build_runtime(config, metrics=self._metrics, instance_id=self._instance_id)
         self.gateway = Gateway(runtime)
         self.tracker = ConnectionTracker(
-            limits_of(config.server), self.gateway.handle, self.gateway.head_start
+            limits_of(config.server), self.gateway.handle, self.gateway.head_start_hook()
         )
         self.tracker.on_open = self._metrics.connection_opened
         self.tracker.on_close = self._metrics.connection_closed
@@ -118,6 +118,7 @@ class Worker:
         await new.auth.start()
         self.gateway.runtime = new
         self.tracker.limits = limits_of(config.server)
+        self.tracker.head_start = self.gateway.head_start_hook()
         self._config = config
         for upstream in retired_upstreams(old, new):
             upstream.retire()
