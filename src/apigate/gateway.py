@@ -61,7 +61,7 @@ class Gateway:
         """:meth:`head_start` when the current config has a route it can decide early (rate
         limits, no auth), else None: with other configs no request makes the call."""
         routes = self.runtime.config.routes
-        return self.head_start if any(r.rate_limits and r.auth == "none" for r in routes) else None
+        return self.head_start if any(_decided_early(route) for route in routes) else None
 
     def head_start(
         self, request: Request, conn: HttpConnection, wake: asyncio.Future[Any]
@@ -79,14 +79,11 @@ class Gateway:
         runtime = self.runtime
         try:
             match = _match(runtime, request)
-            client_ip = conn.peer
-            if runtime.trusted.enabled:
-                forwarded = request.header_values(b"x-forwarded-for")
-                client_ip = runtime.trusted.client_ip(client_ip, forwarded)
+            client_ip = _client_ip(runtime, request, conn.peer)
             route = match.route
             headers = HeaderView(request.headers)
             pending = None
-            if route.rate_limits and route.auth == "none":
+            if _decided_early(route):
                 begun = runtime.limiter.begin(
                     route.name, route.rate_limits, client_ip, headers, wake
                 )
@@ -113,10 +110,7 @@ class Gateway:
             started = time.perf_counter()
             runtime, match, pending = self.runtime, None, None
             headers = HeaderView(request.headers)
-            client_ip = conn.peer
-            if runtime.trusted.enabled:
-                forwarded = request.header_values(b"x-forwarded-for")
-                client_ip = runtime.trusted.client_ip(client_ip, forwarded)
+            client_ip = _client_ip(runtime, request, conn.peer)
             runtime.metrics.inflight(1)
         given = request.header(b"x-request-id")
         request_id = given.decode() if given and valid_request_id(given) else new_request_id()
@@ -210,6 +204,19 @@ class Gateway:
             if runtime.access_log_enabled:
                 _log_access(runtime, request, writer, conn, outcome, seconds=seconds)
 
+
+
+def _decided_early(route: RouteConfig) -> bool:
+    """A route whose rate-limit decision head_start() sends: limited, and without auth (the
+    caller is known by address alone)."""
+    return bool(route.rate_limits) and route.auth == "none"
+
+
+def _client_ip(runtime: Runtime, request: Request, peer: str) -> str:
+    """The peer, or behind a trusted proxy the right-most untrusted X-Forwarded-For address."""
+    if not runtime.trusted.enabled:
+        return peer
+    return runtime.trusted.client_ip(peer, request.header_values(b"x-forwarded-for"))
 
 
 def _match(runtime: Runtime, request: Request) -> Match:

@@ -115,7 +115,7 @@ class RateLimiter:
             storage, instance_id=instance_id, clock=clock, timeout_s=timeout_s
         )
         self._rt.timeout_s = timeout_s
-        # What begin() reads per request, without going through the guard.
+        # What the request path reads per request, without going through the guard.
         self._denials = self._rt.cache.denials
         self._breaker = self._rt.breaker
         self._submit = self._rt.storage.submit
@@ -243,12 +243,12 @@ class RateLimiter:
             )))
             return plan.allowed
         outcome = group_outcome(reply, pos, len(plan.specs))
-        self._rt.breaker.success()
+        self._breaker.success()
         return self._verdict(plan.planned, outcome, local=False)
 
     async def failed(self, plan: _Plan) -> Verdict:
         """The verdict when storage failed a decision :meth:`begin` sent (on_failure)."""
-        self._rt.breaker.failure()
+        self._breaker.failure()
         return await self._on_failure(plan.planned)
 
     def describe_policies(self) -> list[dict[str, object]]:
