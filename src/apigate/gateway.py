@@ -60,8 +60,7 @@ class Gateway:
     def head_start_hook(self) -> HeadStart | None:
         """:meth:`head_start` when the current config has a route it can decide early (rate
         limits, no auth), else None: with other configs no request makes the call."""
-        routes = self.runtime.config.routes
-        return self.head_start if any(_decided_early(route) for route in routes) else None
+        return self.head_start if self.runtime.decided_early else None
 
     def head_start(
         self, request: Request, conn: HttpConnection, wake: asyncio.Future[Any]
@@ -83,7 +82,7 @@ class Gateway:
             route = match.route
             headers = HeaderView(request.headers)
             pending = None
-            if _decided_early(route):
+            if route.name in runtime.decided_early:
                 begun = runtime.limiter.begin(
                     route.name, route.rate_limits, client_ip, headers, wake
                 )
@@ -115,7 +114,7 @@ class Gateway:
         given = request.header(b"x-request-id")
         request_id = given.decode() if given and valid_request_id(given) else new_request_id()
         outcome = _Outcome(request_id, client_ip)
-        context = None
+        context = decision = None
         # One flat coroutine: every await level costs on each suspend and resume.
         try:
             if match is None:
@@ -160,13 +159,12 @@ class Gateway:
                 else:
                     verdict = begun
             if policies:
-                labels = verdict.labels
-                if labels is None:  # once per Verdict: a plan's shared one is counted as is
-                    labels = verdict.labels = (
+                decision = verdict.labels  # counted with the request, in request_done()
+                if decision is None:  # once per Verdict: a plan's shared one is counted as is
+                    decision = verdict.labels = (
                         verdict.policy or "-",
                         _DECISION_LABELS.get(verdict.decision, verdict.decision),
                     )
-                runtime.metrics.ratelimit_decision(labels)  # type: ignore[arg-type]
                 outcome.verdict = verdict
                 if not verdict.allowed:
                     raise HttpError(
@@ -200,16 +198,12 @@ class Gateway:
             runtime.metrics.inflight(-1)
             seconds = time.perf_counter() - started
             status = writer.status or 499
-            runtime.metrics.request_done(outcome.route or "-", request.method, status, seconds)
+            runtime.metrics.request_done(
+                outcome.route or "-", request.method, status, seconds, decision  # type: ignore[arg-type]
+            )
             if runtime.access_log_enabled:
                 _log_access(runtime, request, writer, conn, outcome, seconds=seconds)
 
-
-
-def _decided_early(route: RouteConfig) -> bool:
-    """A route whose rate-limit decision head_start() sends: limited, and without auth (the
-    caller is known by address alone)."""
-    return bool(route.rate_limits) and route.auth == "none"
 
 
 def _client_ip(runtime: Runtime, request: Request, peer: str) -> str:

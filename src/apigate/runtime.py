@@ -39,6 +39,9 @@ class Runtime:
     access_log_enabled: bool
     consumer_limits: bool
     drop_headers: Mapping[str, frozenset[bytes]]  # per route: gateway-set + credential headers
+    # Routes whose rate-limit decision goes out as the request arrives (Gateway.head_start):
+    # limited, and without auth (the caller is known by address alone).
+    decided_early: frozenset[str]
 
     async def authenticate(
         self, route: RouteConfig, headers: Mapping[str, str], query: bytes, client_ip: str
@@ -107,6 +110,9 @@ def build_runtime(
         access_log_enabled=config.observability.access_log,
         consumer_limits=consumer_limits,
         drop_headers=drop_headers,
+        decided_early=frozenset(
+            route.name for route in config.routes if route.rate_limits and route.auth == "none"
+        ),
     )
 
 

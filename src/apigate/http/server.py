@@ -394,7 +394,9 @@ class HttpConnection(asyncio.Protocol):
         elif self._idle is not None and not self._idle.done():
             head_start = self._tracker.head_start
             if head_start is not None and head_start(self._queue[0][0], self, self._idle):
-                self._disarm()  # the request is being answered, as when the task takes it
+                # The request is being answered, as when the task takes it: _disarm(), written
+                # out (a call less per request).
+                self._deadline_kind = ""
                 self._head_started = self._queue[0]
             else:
                 self._idle.set_result(None)

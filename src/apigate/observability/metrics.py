@@ -49,11 +49,13 @@ DECISIONS = frozenset(get_args(Decision))
 class MetricsSink(Protocol):
     """What the data plane records; :class:`Metrics` and :class:`NullMetrics` implement it."""
 
-    def request_done(self, route: str, method: str, status: int, seconds: float) -> None: ...
+    def request_done(
+        self, route: str, method: str, status: int, seconds: float,
+        decision: tuple[str, Decision] | None = None,
+    ) -> None: ...
     def upstream_done(self, upstream: str, seconds: float) -> None: ...
     def upstream_error(self, upstream: str, kind: UpstreamErrorKind) -> None: ...
     def targets_ejected(self, upstream: str, count: int) -> None: ...
-    def ratelimit_decision(self, labels: tuple[str, Decision]) -> None: ...
     def storage_seconds(self, seconds: float) -> None: ...
     def connection_opened(self) -> None: ...
     def connection_closed(self) -> None: ...
@@ -65,11 +67,13 @@ class MetricsSink(Protocol):
 class NullMetrics:
     """The no-op twin of :class:`Metrics`, used when ``observability.metrics`` is false."""
 
-    def request_done(self, route: str, method: str, status: int, seconds: float) -> None: ...
+    def request_done(
+        self, route: str, method: str, status: int, seconds: float,
+        decision: tuple[str, Decision] | None = None,
+    ) -> None: ...
     def upstream_done(self, upstream: str, seconds: float) -> None: ...
     def upstream_error(self, upstream: str, kind: UpstreamErrorKind) -> None: ...
     def targets_ejected(self, upstream: str, count: int) -> None: ...
-    def ratelimit_decision(self, labels: tuple[str, Decision]) -> None: ...
     def storage_seconds(self, seconds: float) -> None: ...
     def connection_opened(self) -> None: ...
     def connection_closed(self) -> None: ...
@@ -180,10 +184,18 @@ class Metrics:
 
     # -- hot path: dict arithmetic and, at most once per interval, one timer --
 
-    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+    def request_done(
+        self, route: str, method: str, status: int, seconds: float,
+        decision: tuple[str, Decision] | None = None,
+    ) -> None:
+        """One request answered; ``decision``: the rate limiter's labels ``(policy, decision)``
+        when it was asked, a tuple the caller keeps (counted here: a call less per request)."""
         key = (route, method, status // 100)
         counts = self._request_counts
         counts[key] = counts.get(key, 0) + 1
+        if decision is not None:
+            decisions = self._decision_counts
+            decisions[decision] = decisions.get(decision, 0) + 1
         hist = self._request_hists.get(route)
         if hist is None:
             hist = self._request_hists[route] = _Buckets(REQUEST_BUCKETS)
@@ -207,12 +219,6 @@ class Metrics:
 
     def targets_ejected(self, upstream: str, count: int) -> None:
         self._ejected[upstream] = count
-        if self._timer is None:
-            self._schedule()
-
-    def ratelimit_decision(self, labels: tuple[str, Decision]) -> None:
-        """One decision, by its labels ``(policy, decision)``: a tuple the caller keeps."""
-        self._decision_counts[labels] = self._decision_counts.get(labels, 0) + 1
         if self._timer is None:
             self._schedule()
 

@@ -125,18 +125,23 @@ def test_upstream_series(mp_dir: str) -> None:
 
 
 def test_ratelimit_decisions(mp_dir: str) -> None:
-    """ratelimit_decision() counts by policy and decision; an unknown decision is other."""
+    """request_done() with a decision counts it by policy and decision (an unknown decision
+    is other); without one, none is counted."""
     metrics = m.Metrics()
-    metrics.ratelimit_decision(("per-ip", "allowed"))
-    metrics.ratelimit_decision(("per-ip", "limited"))
-    metrics.ratelimit_decision(("per-ip", "limited"))
-    metrics.ratelimit_decision(("per-ip", "maybe"))  # type: ignore[arg-type]
+    metrics.request_done("users", "GET", 200, 0.01, ("per-ip", "allowed"))
+    metrics.request_done("users", "GET", 429, 0.01, ("per-ip", "limited"))
+    metrics.request_done("users", "GET", 429, 0.01, ("per-ip", "limited"))
+    metrics.request_done("users", "GET", 200, 0.01, ("per-ip", "maybe"))  # type: ignore[arg-type]
+    metrics.request_done("users", "GET", 200, 0.01)
     metrics.flush()
     samples = scrape()
     name = "apigate_ratelimit_decisions_total"
     assert value(samples, name, policy="per-ip", decision="allowed") == 1
     assert value(samples, name, policy="per-ip", decision="limited") == 2
     assert value(samples, name, policy="per-ip", decision="other") == 1
+    assert sum(v for (n, _), v in samples.items() if n == name) == 4
+    assert value(samples, "apigate_requests_total", route="users", method="GET",
+                 status_class="2xx") == 3
 
 
 def test_live_gauges_and_worker_exit(mp_dir: str) -> None:
@@ -205,7 +210,7 @@ def test_null_metrics_records_nothing(mp_dir: str) -> None:
     sink.upstream_done("users", 0.01)
     sink.upstream_error("users", "connect")
     sink.targets_ejected("users", 1)
-    sink.ratelimit_decision(("per-ip", "allowed"))
+    sink.request_done("users", "GET", 200, 0.01, ("per-ip", "allowed"))
     sink.storage_seconds(0.001)
     sink.connection_opened()
     sink.connection_closed()
