@@ -36,10 +36,12 @@ class CircuitBreaker:
         self._base = cooldown_s
         self._max = max_cooldown_s
         self._clock = clock
-        # Plain attributes, read on every request: the state, and the failures in a row counted
-        # while closed (0 when open: the cool-down counts instead).
+        # Plain attributes, read on every request: the state, the failures in a row counted
+        # while closed (0 when open: the cool-down counts instead), and whether the breaker is
+        # closed with no failure counted (a success has nothing to reset).
         self.state = BreakerState.CLOSED
         self.failures = 0
+        self.clean = True
         self._cooldown = cooldown_s
         self._open_until = 0.0
         self._probing = False
@@ -60,17 +62,19 @@ class CircuitBreaker:
 
     def success(self) -> None:
         """The call answered: close the circuit and forget past failures."""
-        if self.failures == 0 and self.state is BreakerState.CLOSED:
+        if self.clean:
             return  # the common case: nothing to reset
         if self.state is not BreakerState.CLOSED:
             log.warning("rate-limit storage answers again: circuit closed")
         self.state = BreakerState.CLOSED
         self.failures = 0
+        self.clean = True
         self._cooldown = self._base
         self._probing = False
 
     def failure(self) -> None:
         """The call failed or timed out."""
+        self.clean = False
         if self.state is BreakerState.HALF_OPEN:
             self._cooldown = min(self._cooldown * 2, self._max)
             self._open()

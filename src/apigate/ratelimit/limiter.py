@@ -234,9 +234,8 @@ class RateLimiter:
         """
         one = plan.one
         if one is not None and reply[pos] == 1:
-            breaker = self._breaker
-            if breaker.failures or breaker.state is not _CLOSED:
-                breaker.success()  # else it has nothing to reset: not even called
+            if not self._breaker.clean:
+                self._breaker.success()  # else it has nothing to reset: not even called
             # _one_policy_value(), written out: a call less per request
             out += (one[0], (b"RateLimit", b"%s%d;t=%d" % (
                 one[1], reply[pos + 1], (reply[pos + 2] + 999) // 1000

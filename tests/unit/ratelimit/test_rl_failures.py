@@ -199,6 +199,32 @@ def test_success_resets_the_failure_count() -> None:
     assert breaker.state is BreakerState.CLOSED
 
 
+def test_breaker_is_clean_only_when_closed_without_failures() -> None:
+    """``clean`` (read per request instead of state and failures) follows every transition."""
+    clock = Clock(0.0)
+    breaker = CircuitBreaker(threshold=2, cooldown_s=1.0, clock=clock)
+    assert breaker.clean
+    breaker.failure()
+    assert breaker.state is BreakerState.CLOSED
+    assert not breaker.clean
+    breaker.success()
+    assert breaker.clean
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.clean
+    clock.now = 1.0
+    assert breaker.allow()
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert not breaker.clean
+    breaker.abandon()
+    assert not breaker.clean
+    breaker.success()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.failures == 0
+    assert breaker.clean
+
+
 async def test_cancelled_probe_releases_the_half_open_slot() -> None:
     """A probe cancelled mid-call lets the next request probe instead of waiting forever."""
     limiter, storage, clock = make_limiter({"per-ip": PER_IP}, storage={"timeout_ms": 60_000})

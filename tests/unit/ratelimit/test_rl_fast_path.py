@@ -60,6 +60,19 @@ async def test_storage_failure_applies_on_failure_and_opens_the_circuit() -> Non
     assert len(storage.calls) == 3
 
 
+async def test_an_answer_resets_failures_counted_before_it() -> None:
+    """Failures must be in a row: an allowed answer on the fast path forgets earlier ones, so
+    two failures, an answer and two more failures leave the circuit closed."""
+    limiter, storage, _ = make_limiter({"per-ip": PER_IP}, storage={"on_failure": "closed"})
+    storage.submits = True
+    for fail in (True, True, False, True, True):
+        storage.fail = fail
+        verdict = await decide(limiter)
+        assert verdict.status == (503 if fail else 200)
+    assert limiter.guard.breaker.state is BreakerState.CLOSED
+    assert limiter.guard.breaker.failures == 2
+
+
 async def test_shadow_policies_take_the_general_path() -> None:
     """begin declines a request with shadow limits; check counts them and never rejects."""
     limiter, storage, _ = make_limiter({"per-ip": PER_IP, "shadow": SHADOW})

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from asyncio import InvalidStateError
 from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
@@ -267,7 +268,10 @@ class _BatchReply:
     def set_result(self, result: Any, /) -> None:
         self._done = True
         self._observe()
-        _deliver(result, self._futures, self._expected, self._joins)
+        try:
+            _deliver(result, self._futures, self._expected, self._joins)
+        except Exception as exc:  # a reply it could not read: no decision is left waiting
+            _fail(self._futures, exc, self._joins)
 
     def set_exception(self, exception: BaseException, /) -> None:
         self._done = True
@@ -295,8 +299,12 @@ def _deliver(reply: Any, futures: _Futures, expected: int,
     for joined in joins or ():
         _answer_joined(reply, joined)
     for fut in futures:
-        if not fut.done():
+        # Not contextlib.suppress: a context manager per decision. Not fut.done() first: a
+        # call per decision for what rarely is.
+        try:  # noqa: SIM105
             fut.set_result(reply)
+        except InvalidStateError:  # cancelled: its client left
+            pass
 
 
 def _answer_joined(reply: Reply, head: _Head) -> None:
@@ -310,23 +318,26 @@ def _answer_joined(reply: Reply, head: _Head) -> None:
     spec, joined, _, _, pos = head
     fitted, left, reset, retry = reply[pos:pos + 4]
     if fitted == -1:  # the script refused the spec, for every one of them
-        reply[pos:pos + 4] = [-1, 0, 0, 0]
-        for fut in joined:
-            if not fut.done():
-                fut.set_result([-1, 0, 0, 0])
-        return
+        reply[pos:pos + 4] = refusal = [-1, 0, 0, 0]
+    else:
+        refusal = [0, left, reset, retry]
+    passed = max(fitted - 1, 0)  # the joined decisions that fitted: those after the first
     cost = spec.cost
     remaining = left + fitted * cost  # before the first: each that fitted takes cost from it
-    if fitted:  # the first passed (else the group's answer is already its own)
+    if fitted > 0:  # the first passed (else the group's answer is already its own)
         remaining -= cost
         reply[pos], reply[pos + 1], reply[pos + 3] = 1, remaining, 0
-    for i, fut in enumerate(joined, 2):
-        if i <= fitted:
-            remaining -= cost
-            if not fut.done():
-                fut.set_result([1, remaining, reset, 0])
-        elif not fut.done():
-            fut.set_result([0, left, reset, retry])
+    for fut in joined[:passed]:
+        remaining -= cost
+        try:  # noqa: SIM105 (see _deliver)
+            fut.set_result([1, remaining, reset, 0])
+        except InvalidStateError:  # cancelled: its client left
+            pass
+    for fut in joined[passed:]:
+        try:  # noqa: SIM105
+            fut.set_result(refusal.copy())
+        except InvalidStateError:
+            pass
 
 
 def _fail(futures: _Futures, exc: BaseException, joins: list[_Head] | None = None) -> None:
