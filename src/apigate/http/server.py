@@ -391,15 +391,17 @@ class HttpConnection(asyncio.Protocol):
         """Wake this connection's serving task (one task per connection, not per request)."""
         if self._task is None:
             self._task = self._loop.create_task(self._serve())
-        elif self._idle is not None and not self._idle.done():
+        elif (idle := self._idle) is not None and not idle.done():
             head_start = self._tracker.head_start
-            if head_start is not None and head_start(self._queue[0][0], self, self._idle):
-                # The request is being answered, as when the task takes it: _disarm(), written
-                # out (a call less per request).
-                self._deadline_kind = ""
-                self._head_started = self._queue[0]
-            else:
-                self._idle.set_result(None)
+            if head_start is not None:
+                queued = self._queue[0]
+                if head_start(queued[0], self, idle):
+                    # The request is being answered, as when the task takes it: _disarm(),
+                    # written out (a call less per request).
+                    self._deadline_kind = ""
+                    self._head_started = queued
+                    return
+            idle.set_result(None)
 
     async def _serve(self) -> None:
         """Answer queued requests in order until the connection closes."""
