@@ -14,12 +14,21 @@ Every process may run on every CPU. ``--pin`` (two CPUs or more) puts each gatew
 CPU of its own and wrk, nginx and Redis on the others, so Redis cannot take CPU time from the
 limited worker; on 2 cores it then shares one CPU with wrk and nginx, and answers late when
 that CPU is full, which leaves the limited worker waiting (its "busy" share drops).
+
+``--together`` measures the two gateways at the same time instead, each under its own wrk, in
+``--rounds`` rounds: a machine whose speed drifts from one second to the next (a shared VM)
+then drifts for both alike. Both workers want a whole CPU, so the kernel shares the CPUs
+between them and their throughput ratio follows their CPU cost per request. It is not the
+same question as the alternating rounds: Redis's own CPU time is taken from both gateways
+here, while in alternating rounds only the limited one runs beside Redis (as it would not in
+production, where Redis has a machine of its own).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -92,6 +101,33 @@ def limited_run(args: argparse.Namespace, port: int, admin: int,
     return result, delta, {k: v - decisions.get(k, 0.0) for k, v in after.items()}
 
 
+def together(args: argparse.Namespace, plain: int, limited: int) -> float:
+    """Both gateways under load at once for ``args.rounds``; print rounds; median ratio."""
+    ratios, cpu_ratios = [], []
+    for round_no in range(args.rounds):
+        results: dict[int, dict[str, float]] = {}
+
+        def run_on(port: int, results: dict[int, dict[str, float]] = results) -> None:
+            results[port] = measured_run(args, port)
+
+        runs = [threading.Thread(target=run_on, args=(port,)) for port in (plain, limited)]
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join()
+        base, lim = results[plain], results[limited]
+        ratios.append(lim["rps"] / base["rps"])
+        cpu_ratios.append(base["cpu_us"] / lim["cpu_us"])
+        print(f"  together {round_no + 1}: no limits {base['rps']:,.0f} req/s | Redis limit "
+              f"{lim['rps']:,.0f} req/s (non-2xx {lim['non2xx']:.0f}, errors "
+              f"{lim['errors']:.0f}) | ratio {ratios[-1]:.2f} | worker CPU per request "
+              f"{base['cpu_us']:.1f} / {lim['cpu_us']:.1f} us (ratio {cpu_ratios[-1]:.2f}) | "
+              f"busy {base['busy']:.0%} / {lim['busy']:.0%}")
+    print(f"  together: limited / unlimited median {median(ratios):.2f} (goal >= {GOAL}); by "
+          f"worker CPU per request {median(cpu_ratios):.2f}")
+    return median(ratios)
+
+
 def compare(args: argparse.Namespace, work: Path, upstream: int, redis: int,
             algorithm: str, *, split: tuple[set[int], set[int]] | None) -> float:
     """Alternate plain and limited gateways for ``args.rounds``; print rounds; median ratio."""
@@ -105,6 +141,8 @@ def compare(args: argparse.Namespace, work: Path, upstream: int, redis: int,
                     pin_process(pid, split[0])
         for port in (plain, limited):  # warm up pools, caches and the Lua script
             wrk_run(f"http://127.0.0.1:{port}/", connections=8, seconds=1)
+        if args.together:
+            return together(args, plain, limited)
         ratios, cpu_ratios, evalsha, commands = [], [], [], []
         for round_no in range(args.rounds):
             # Alternate which goes first: a neighbour's burst then hurts each side as often.
@@ -144,6 +182,8 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
     parser.add_argument("--pin", action="store_true",
                         help="each gateway worker on a CPU of its own (see the module docstring)")
+    parser.add_argument("--together", action="store_true",
+                        help="both gateways under load at once (see the module docstring)")
     args = parser.parse_args()
     print(python_line())
     split = split_cpus() if args.pin else None
