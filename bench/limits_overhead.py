@@ -101,10 +101,11 @@ def limited_run(args: argparse.Namespace, port: int, admin: int,
     return result, delta, {k: v - decisions.get(k, 0.0) for k, v in after.items()}
 
 
-def together(args: argparse.Namespace, plain: int, limited: int) -> float:
+def together(args: argparse.Namespace, plain: int, limited: int, admin: int) -> float:
     """Both gateways under load at once for ``args.rounds``; print rounds; median ratio."""
     ratios, cpu_ratios = [], []
     for round_no in range(args.rounds):
+        decisions = decision_counts(admin)
         results: dict[int, dict[str, float]] = {}
 
         def run_on(port: int, results: dict[int, dict[str, float]] = results) -> None:
@@ -118,11 +119,14 @@ def together(args: argparse.Namespace, plain: int, limited: int) -> float:
         base, lim = results[plain], results[limited]
         ratios.append(lim["rps"] / base["rps"])
         cpu_ratios.append(base["cpu_us"] / lim["cpu_us"])
+        time.sleep(1.5)  # workers flush metrics once a second
+        decided = {k: v - decisions.get(k, 0.0) for k, v in decision_counts(admin).items()}
         print(f"  together {round_no + 1}: no limits {base['rps']:,.0f} req/s | Redis limit "
               f"{lim['rps']:,.0f} req/s (non-2xx {lim['non2xx']:.0f}, errors "
               f"{lim['errors']:.0f}) | ratio {ratios[-1]:.2f} | worker CPU per request "
               f"{base['cpu_us']:.1f} / {lim['cpu_us']:.1f} us (ratio {cpu_ratios[-1]:.2f}) | "
-              f"busy {base['busy']:.0%} / {lim['busy']:.0%}")
+              f"busy {base['busy']:.0%} / {lim['busy']:.0%} | decisions: "
+              f"{', '.join(f'{k} {v:.0f}' for k, v in decided.items() if v)}")
     print(f"  together: limited / unlimited median {median(ratios):.2f} (goal >= {GOAL}); by "
           f"worker CPU per request {median(cpu_ratios):.2f}")
     return median(ratios)
@@ -142,7 +146,7 @@ def compare(args: argparse.Namespace, work: Path, upstream: int, redis: int,
         for port in (plain, limited):  # warm up pools, caches and the Lua script
             wrk_run(f"http://127.0.0.1:{port}/", connections=8, seconds=1)
         if args.together:
-            return together(args, plain, limited)
+            return together(args, plain, limited, admin)
         ratios, cpu_ratios, evalsha, commands = [], [], [], []
         for round_no in range(args.rounds):
             # Alternate which goes first: a neighbour's burst then hurts each side as often.
