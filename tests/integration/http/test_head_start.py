@@ -160,3 +160,30 @@ def test_a_client_that_leaves_during_the_decision_is_counted_and_logged(
         log = gw.log_path.read_text()
         assert len(re.findall(r'"http.response.status_code":499', log)) == 1
     assert [r.target for r in scripted.requests] == ["/limited/gone"]
+
+
+def test_each_decision_is_counted_once_by_outcome(
+    scripted: ScriptedUpstream, fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Five requests on /limited (limit 3) and two on an unlimited route: /metrics counts five
+    decisions, three allowed and two refused (by Redis, or by the local denial cache after it);
+    the unlimited route's requests count none."""
+    with running_gateway(_config(scripted, fresh_redis.url), tmp_path) as gw:
+        with RawClient(gw.port) as client:
+            statuses = [client.request(get(path)).status
+                        for path in ["/limited/m"] * 5 + ["/free", "/free"]]
+        assert statuses == [200, 200, 200, 429, 429, 200, 200]
+        time.sleep(1.5)  # workers flush metrics once a second
+        status, body = http_get(f"{gw.admin_url}/metrics")
+    assert status == 200
+    page = body.decode()
+    name = "apigate_ratelimit_decisions_total"
+    counted = {
+        decision: _sample(page, name, policy="per-ip", decision=decision)
+        for decision in ("allowed", "limited", "cached_limited")
+    }
+    assert counted["allowed"] == 3
+    assert counted["limited"] + counted["cached_limited"] == 2
+    total = sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                if line.startswith(name + "{"))
+    assert total == 5

@@ -48,3 +48,40 @@ async def test_a_reply_that_cannot_be_read_fails_every_decision() -> None:
     for fut in (first, *joined):
         with pytest.raises(StorageError):
             fut.result()
+
+
+class _NotConnected:
+    """A client that is not connected yet: the batch goes through run_script (the slow path),
+    which answers ``reply``."""
+
+    def __init__(self, reply: object) -> None:
+        self.reply = reply
+
+    def try_send_packed_now(self, data: bytes, sink: object, timeout_s: float) -> bool:
+        return False
+
+    async def run_script(self, script: Script, command: object, *, timeout_s: float) -> object:
+        return self.reply
+
+
+async def test_an_unreadable_reply_on_the_slow_path_fails_every_decision() -> None:
+    """The same on the path a batch takes before the connection is up: no decision waits."""
+    batcher = DecisionBatcher(
+        _NotConnected([b"OK", b"x", 0, 0]),  # type: ignore[arg-type]
+        Script.from_package("decide.lua"), timeout_s=1.0,
+    )
+    submitted = [batcher.submit([SPEC]) for _ in range(3)]  # one group, two joined it
+    for fut, _ in submitted:
+        with pytest.raises(StorageError):
+            await asyncio.wait_for(fut, 1.0)
+
+
+async def test_the_slow_path_answers_joined_decisions() -> None:
+    """A readable reply on the slow path: two of three fitted."""
+    batcher = DecisionBatcher(
+        _NotConnected([2, 3, 20_000, 5_000]),  # type: ignore[arg-type]
+        Script.from_package("decide.lua"), timeout_s=1.0,
+    )
+    submitted = [batcher.submit([SPEC]) for _ in range(3)]
+    answers = [(await asyncio.wait_for(fut, 1.0))[pos:pos + 4] for fut, pos in submitted]
+    assert answers == [[1, 4, 20_000, 0], [1, 3, 20_000, 0], [0, 3, 20_000, 5_000]]

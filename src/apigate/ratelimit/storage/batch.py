@@ -268,10 +268,7 @@ class _BatchReply:
     def set_result(self, result: Any, /) -> None:
         self._done = True
         self._observe()
-        try:
-            _deliver(result, self._futures, self._expected, self._joins)
-        except Exception as exc:  # a reply it could not read: no decision is left waiting
-            _fail(self._futures, exc, self._joins)
+        _deliver(result, self._futures, self._expected, self._joins)
 
     def set_exception(self, exception: BaseException, /) -> None:
         self._done = True
@@ -292,19 +289,23 @@ class _BatchReply:
 
 def _deliver(reply: Any, futures: _Futures, expected: int,
              joins: list[_Head] | None) -> None:
-    """Hand the batch's decisions the script's reply, if it is ``expected`` long."""
+    """Hand the batch's decisions the script's reply, if it is ``expected`` long; a reply it
+    cannot read fails the decisions not answered yet (none is left waiting)."""
     if type(reply) is not list or len(reply) != expected:
         _fail(futures, StorageError(f"decide.lua returned {reply!r}"), joins)
         return
-    for joined in joins or ():
-        _answer_joined(reply, joined)
-    for fut in futures:
-        # Not contextlib.suppress: a context manager per decision. Not fut.done() first: a
-        # call per decision for what rarely is.
-        try:  # noqa: SIM105
-            fut.set_result(reply)
-        except InvalidStateError:  # cancelled: its client left
-            pass
+    try:
+        for joined in joins or ():
+            _answer_joined(reply, joined)
+        for fut in futures:
+            # Not contextlib.suppress: a context manager per decision. Not fut.done() first:
+            # a call per decision for what rarely is.
+            try:  # noqa: SIM105
+                fut.set_result(reply)
+            except InvalidStateError:  # cancelled: its client left
+                pass
+    except Exception as exc:  # not numbers where numbers belong
+        _fail(futures, StorageError(f"decide.lua returned {reply!r}: {exc}"), joins)
 
 
 def _answer_joined(reply: Reply, head: _Head) -> None:
