@@ -79,13 +79,12 @@ class Gateway:
         try:
             match = _match(runtime, request)
             client_ip = _client_ip(runtime, request, conn.peer)
-            route = match.route
+            name = match.route.name
             headers = HeaderView(request.headers)
             pending = None
-            if route.name in runtime.decided_early:
-                begun = runtime.limiter.begin(
-                    route.name, route.rate_limits, client_ip, headers, wake
-                )
+            policies = runtime.decided_early.get(name)
+            if policies is not None:
+                begun = runtime.limiter.begin(name, policies, client_ip, headers, wake)
                 if type(begun) is tuple:  # a Pending: storage completes ``wake`` (last step)
                     pending = begun
         except HttpError:
