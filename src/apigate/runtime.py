@@ -57,10 +57,6 @@ class Runtime:
             extra = ((b"www-authenticate", challenge.encode()),) if challenge else ()
             raise HttpError(exc.status, exc.message, headers=extra) from None
 
-    def request_drop_headers(self, route: RouteConfig) -> frozenset[bytes]:
-        """Client headers never passed upstream on ``route``."""
-        return self.drop_headers[route.name]
-
     def policies_for(self, route: RouteConfig, caller: Caller) -> tuple[str, ...]:
         """The route's limits, then the consumer's (each policy once)."""
         if caller.consumer is None or not self.consumer_limits:

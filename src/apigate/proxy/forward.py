@@ -107,7 +107,7 @@ class Forwarder:
         upstream = self.upstream
         tried: tuple[Target, ...] = ()
         retriable = request.method in IDEMPOTENT
-        attempts = 1 + (upstream.config.retries if retriable else 0)
+        attempts = 1 + (upstream.retries if retriable else 0)
         # A pooled connection the upstream had already closed is retried once on a new one,
         # when nothing of the request's body was consumed by the failed attempt.
         stale_retry = retriable and request.body is None
@@ -128,7 +128,7 @@ class Forwarder:
                     raise ForwardFailed(502, str(exc), exc.kind) from None
                 exchange = conn.begin(
                     head_only=request.method == "HEAD",
-                    read_timeout_s=upstream.config.read_timeout_s,
+                    read_timeout_s=upstream.read_timeout_s,
                 )
                 conn.write(_request_head(request, outbound, target))
                 try:

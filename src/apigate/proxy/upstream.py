@@ -70,6 +70,12 @@ class Upstream:
     ) -> None:
         self.name = name
         self.config = config
+        # What each request reads, as plain attributes: each read of an UpstreamConfig
+        # (pydantic) attribute costs about ten times a plain object's.
+        self.retries = config.retries
+        self.read_timeout_s = config.read_timeout_s
+        self._pool_size = config.pool_size
+        self._balance = config.balance
         self.targets = tuple(Target(url, clock=clock) for url in config.targets)
         self._clock = clock
         self._next = 0
@@ -88,7 +94,7 @@ class Upstream:
             candidates = self.targets  # the common case: nobody ejected, nothing to avoid
         if len(candidates) == 1:
             return candidates[0]
-        balance = self.config.balance
+        balance = self._balance
         if balance == "least_conn":
             return min(candidates, key=_active)
         if balance == "random":
@@ -142,7 +148,7 @@ class Upstream:
         return conn, False
 
     def release(self, target: Target, conn: UpstreamConnection) -> None:
-        target.give_back(conn, 0 if self._retired else self.config.pool_size)
+        target.give_back(conn, 0 if self._retired else self._pool_size)
 
     def retire(self) -> None:
         """A reload dropped this upstream: in-flight requests finish, no connection is kept."""
