@@ -79,7 +79,7 @@ class Gateway:
         try:
             match = _match(runtime, request)
             client_ip = _client_ip(runtime, request, conn.peer)
-            name = match.route.name
+            name = match.name
             headers = HeaderView(request.headers)
             pending = None
             policies = runtime.decided_early.get(name)
@@ -120,8 +120,8 @@ class Gateway:
                 match = _match(runtime, request)
             route = match.route
             # Each read of a RouteConfig (pydantic) attribute costs about ten times a plain
-            # object's: the ones used more than once are read once.
-            name = outcome.route = route.name
+            # object's: the ones used more than once are read once (the name, by the router).
+            name = outcome.route = match.name
             upstream = outcome.upstream = route.upstream
             # Application log lines written while this request runs carry its context.
             context = bind_request(request_id, client_ip=client_ip, route=name)

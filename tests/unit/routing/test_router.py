@@ -27,6 +27,7 @@ def test_first_match_wins_in_file_order() -> None:
     found = router.match("h", "/api/v2/x", "GET")
     assert found is not None
     assert found.route.name == "a"
+    assert found.name == "a"  # the plain copy the request path reads
 
 
 def test_exact_path_and_regex() -> None:
