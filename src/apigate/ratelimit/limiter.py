@@ -200,10 +200,9 @@ class RateLimiter:
         when this request needs the general path, ``await check(...)`` (shadow policies, an
         open circuit, a storage without ``submit``).
         """
-        # An address's memoized plan, the common case, is looked up without a call.
-        plan = self._plans.get((policy_names, caller, None, route)) if type(
-            caller
-        ) is str else None
+        plan = None
+        if type(caller) is str:  # an address's memoized plan, the common case: without a call
+            plan = self._plans.get((policy_names, caller, None, route))
         if plan is None:
             made = self._plan_for(route, policy_names, caller, headers)
             if isinstance(made, Verdict):

@@ -335,9 +335,9 @@ def _answer_joined(reply: Reply, head: _Head) -> None:
         except InvalidStateError:  # cancelled: its client left
             pass
     for fut in joined[passed:]:
-        try:  # noqa: SIM105
+        try:  # noqa: SIM105 (see _deliver)
             fut.set_result(refusal.copy())
-        except InvalidStateError:
+        except InvalidStateError:  # cancelled: its client left
             pass
 
 
