@@ -75,18 +75,27 @@ class _Planned:
     spec: LimitSpec
 
 
+# A lone policy's pre-rendered headers in the other modes (legacy, both, none): the ietf
+# parts (see _one_policy) for "both", X-RateLimit-Limit for "legacy" and "both".
+_Lone = tuple["tuple[hdr.Header, bytes] | None", "hdr.Header | None"]
+
+
 class _Plan:
     """One request's policies and specs; memoized per client when its keys allow."""
 
-    __slots__ = ("allowed", "one", "planned", "shadow", "specs")
+    __slots__ = ("allowed", "lone", "one", "planned", "shadow", "specs")
 
     def __init__(
-        self, planned: list[_Planned], one: tuple[hdr.Header, bytes] | None = None
+        self, planned: list[_Planned], one: tuple[hdr.Header, bytes] | None = None,
+        lone: _Lone | None = None,
     ) -> None:
         self.planned = planned
         self.specs = [p.spec for p in planned]
         self.shadow = any(p.policy.shadow for p in planned)
-        self.one = one  # a lone policy's pre-rendered ietf header parts (see _one_policy)
+        # A lone policy's pre-rendered headers: ``one`` with ietf headers (the default, see
+        # _one_policy), ``lone`` with the other modes. Neither: several policies.
+        self.one = one
+        self.lone = lone
         # A lone policy's "allowed", shared by its requests: conclude() writes its headers.
         self.allowed = Verdict(True, 200, "allowed", policy=planned[0].name)
 
@@ -226,9 +235,10 @@ class RateLimiter:
     ) -> Verdict:
         """The verdict once storage answered a decision :meth:`begin` sent.
 
-        On the common answer, a lone policy allowed, the RateLimit headers are appended to
-        ``out`` (the response's headers) and the plan's shared verdict, without headers of its
-        own, is returned; any other verdict carries its headers. Raises StorageError when the
+        On the common answer, a lone policy allowed, its rate-limit headers (whichever
+        ``rate_limit_headers`` asks for) are appended to ``out`` (the response's headers) and
+        the plan's shared verdict, without headers of its own, is returned; any other verdict
+        carries its headers. Raises StorageError when the
         storage refused the decision's specs.
         """
         one = plan.one
@@ -239,6 +249,12 @@ class RateLimiter:
             out += (one[0], (b"RateLimit", b"%s%d;t=%d" % (
                 one[1], reply[pos + 1], (reply[pos + 2] + 999) // 1000
             )))
+            return plan.allowed
+        lone = plan.lone
+        if lone is not None and reply[pos] == 1:  # the same, with another header mode
+            if not self._breaker.clean:
+                self._breaker.success()
+            out += _lone_headers(lone, reply[pos + 1], reply[pos + 2])
             return plan.allowed
         outcome = group_outcome(reply, pos, len(plan.specs))
         self._breaker.success()
@@ -306,10 +322,18 @@ class RateLimiter:
             return Verdict(False, 400, "bad_request", error=str(exc))
         if not planned:
             return _UNLIMITED
-        one = None
-        if len(planned) == 1 and self._config.rate_limit_headers == "ietf":
-            one = self._one_policy(planned[0])
-        plan = _Plan(planned, one)
+        one = lone = None
+        if len(planned) == 1:
+            mode = self._config.rate_limit_headers
+            if mode == "ietf":
+                one = self._one_policy(planned[0])
+            else:
+                policy = planned[0].policy
+                lone = (
+                    self._one_policy(planned[0]) if mode == "both" else None,
+                    (b"X-RateLimit-Limit", b"%d" % policy.limit) if mode != "none" else None,
+                )
+        plan = _Plan(planned, one, lone)
         if all(self._memoizable.get(name, True) for name in names):
             if len(self._plans) >= _PLANNED_MAX:
                 self._plans.clear()
@@ -483,6 +507,19 @@ _CLOSED = BreakerState.CLOSED  # read per request: an enum member through its cl
 def _one_policy_value(parts: tuple[hdr.Header, bytes], remaining: int, reset_ms: int) -> bytes:
     """The ``RateLimit`` value of a lone policy from its pre-rendered parts."""
     return b"%s%d;t=%d" % (parts[1], remaining, (reset_ms + 999) // 1000)  # whole seconds, up
+
+
+def _lone_headers(lone: _Lone, remaining: int, reset_ms: int) -> tuple[hdr.Header, ...]:
+    """A lone policy's headers in the legacy, both or none mode (see headers.render)."""
+    ietf, limit = lone
+    seconds = (reset_ms + 999) // 1000  # whole seconds, up
+    out: tuple[hdr.Header, ...] = ()
+    if ietf is not None:
+        out = (ietf[0], (b"RateLimit", b"%s%d;t=%d" % (ietf[1], remaining, seconds)))
+    if limit is not None:
+        out += (limit, (b"X-RateLimit-Remaining", b"%d" % remaining),
+                (b"X-RateLimit-Reset", b"%d" % seconds))
+    return out
 
 
 def _remaining(pair: tuple[_Planned, LimitState]) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from apigate.identity import Caller
 from apigate.ratelimit.breaker import BreakerState
 from apigate.ratelimit.limiter import RateLimiter, Verdict
@@ -125,3 +127,33 @@ async def test_storage_round_trips_are_timed_for_the_metrics() -> None:
     await decide(limiter)
     assert len(seen) == 2
     assert all(s >= 0 for s in seen)
+
+
+@pytest.mark.parametrize("mode", ["ietf", "legacy", "both", "none"])
+async def test_a_lone_policy_takes_the_fast_path_in_every_header_mode(mode: str) -> None:
+    """An allowed lone policy's headers go straight to the response's list, with the plan's
+    shared verdict, in every ``rate_limit_headers`` mode; they are the headers the general
+    path (check) renders for the same answer."""
+    fast, fast_storage, _ = make_limiter({"per-ip": PER_IP}, rate_limit_headers=mode)
+    general, _, _ = make_limiter({"per-ip": PER_IP}, rate_limit_headers=mode)
+    fast_storage.submits = True
+    kwargs = {"route": "r", "policy_names": ("per-ip",), "caller": Caller("203.0.113.7"),
+              "headers": {}}
+    for _ in range(3):
+        started = fast.begin(**kwargs)  # type: ignore[arg-type]
+        assert isinstance(started, tuple)
+        plan, (future, pos) = started
+        out: list[tuple[bytes, bytes]] = []
+        verdict = fast.conclude(plan, await future, pos, out)
+        assert verdict is plan.allowed
+        assert verdict.headers == ()
+        expected = await general.check(**kwargs)  # type: ignore[arg-type]
+        assert (verdict.allowed, verdict.decision) == (True, "allowed") == (
+            expected.allowed, expected.decision
+        )
+        assert out == list(expected.headers)
+    ietf = [(b"RateLimit-Policy", b'"per-ip";q=3;w=60'), (b"RateLimit", b'"per-ip";r=0;t=20')]
+    legacy = [(b"X-RateLimit-Limit", b"3"), (b"X-RateLimit-Remaining", b"0"),
+              (b"X-RateLimit-Reset", b"20")]
+    # The third request: nothing remains of 3; the aligned window ends in 20 s.
+    assert out == {"ietf": ietf, "legacy": legacy, "both": ietf + legacy, "none": []}[mode]
