@@ -58,8 +58,10 @@ from common import workdir as make_workdir
 GOAL = 0.90
 
 
-def gateway_config(upstream_port: int, redis_port: int | None, algorithm: str) -> dict[str, Any]:
-    """One catch-all route; with ``redis_port``, a never-reached per-client-IP limit on it."""
+def gateway_config(upstream_port: int, redis_port: int | None, algorithm: str,
+                   headers: str = "ietf") -> dict[str, Any]:
+    """One catch-all route; with ``redis_port``, a never-reached per-client-IP limit on it,
+    answered with ``headers`` (``rate_limit_headers``: ietf, the default, legacy, both, none)."""
     config: dict[str, Any] = {
         "upstreams": {"bench": {"targets": [f"http://127.0.0.1:{upstream_port}"]}},
         "routes": [{"name": "bench", "match": {"path_prefix": "/"}, "upstream": "bench"}],
@@ -72,6 +74,7 @@ def gateway_config(upstream_port: int, redis_port: int | None, algorithm: str) -
                      "key": "client_ip"},
         }
         config["routes"][0]["rate_limits"] = ["high"]
+        config["rate_limit_headers"] = headers
     return config
 
 
@@ -136,7 +139,7 @@ def compare(args: argparse.Namespace, work: Path, upstream: int, redis: int,
             algorithm: str, *, split: tuple[set[int], set[int]] | None) -> float:
     """Alternate plain and limited gateways for ``args.rounds``; print rounds; median ratio."""
     with apigate(gateway_config(upstream, None, algorithm), workdir=work) as plain, apigate(
-        gateway_config(upstream, redis, algorithm), workdir=work
+        gateway_config(upstream, redis, algorithm, args.headers), workdir=work
     ) as limited:
         admin = admin_port(limited, workdir=work)
         if split is not None:  # each gateway's worker on the CPU kept for it
@@ -184,6 +187,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
+    parser.add_argument("--headers", choices=("ietf", "legacy", "both", "none"), default="ietf",
+                        help="the limited gateway's rate_limit_headers")
     parser.add_argument("--pin", action="store_true",
                         help="each gateway worker on a CPU of its own (see the module docstring)")
     parser.add_argument("--together", action="store_true",
@@ -207,7 +212,7 @@ def main() -> None:
             wait_port(upstream)
             for algorithm in args.algorithms:
                 print(f"{algorithm} ({args.connections} connections, {args.seconds} s, "
-                      f"{args.rounds} rounds):")
+                      f"{args.rounds} rounds, rate_limit_headers {args.headers}):")
                 compare(args, work, upstream, redis, algorithm, split=split)
 
 
