@@ -75,29 +75,33 @@ class _Planned:
     spec: LimitSpec
 
 
-# A lone policy's pre-rendered headers in the other modes (legacy, both, none): the ietf
-# parts (see _one_policy) for "both", X-RateLimit-Limit for "legacy" and "both".
-_Lone = tuple["tuple[hdr.Header, bytes] | None", "hdr.Header | None"]
+# A plan's headers pre-rendered for conclude() when all its policies allow, in every case but
+# a lone policy with ietf headers (the default, see _Plan.one): RateLimit-Policy with the
+# RateLimit value as a template, each policy's remaining and reset left as %d (ietf, both); and
+# each policy's X-RateLimit-Limit value (legacy, both). None where the mode has no such header.
+_Rendered = tuple["tuple[hdr.Header, bytes] | None", "tuple[bytes, ...] | None"]
 
 
 class _Plan:
     """One request's policies and specs; memoized per client when its keys allow."""
 
-    __slots__ = ("allowed", "lone", "one", "planned", "shadow", "specs")
+    __slots__ = ("allowed", "allowed_by", "one", "planned", "rendered", "shadow", "specs")
 
     def __init__(
         self, planned: list[_Planned], one: tuple[hdr.Header, bytes] | None = None,
-        lone: _Lone | None = None,
+        rendered: _Rendered | None = None,
     ) -> None:
         self.planned = planned
         self.specs = [p.spec for p in planned]
         self.shadow = any(p.policy.shadow for p in planned)
-        # A lone policy's pre-rendered headers: ``one`` with ietf headers (the default, see
-        # _one_policy), ``lone`` with the other modes. Neither: several policies.
+        # Pre-rendered headers: ``one``, a lone policy's ietf parts (see _one_policy), or
+        # ``rendered`` in every other case.
         self.one = one
-        self.lone = lone
-        # A lone policy's "allowed", shared by its requests: conclude() writes its headers.
-        self.allowed = Verdict(True, 200, "allowed", policy=planned[0].name)
+        self.rendered = rendered
+        # "allowed" verdicts shared by the plan's requests, one per policy as the tightest:
+        # conclude() writes their headers. ``allowed``: the first's, a lone policy's.
+        self.allowed_by = tuple(Verdict(True, 200, "allowed", policy=p.name) for p in planned)
+        self.allowed = self.allowed_by[0]
 
 
 # A decision sent to storage by RateLimiter.begin: the plan, and the future to await with where
@@ -235,11 +239,11 @@ class RateLimiter:
     ) -> Verdict:
         """The verdict once storage answered a decision :meth:`begin` sent.
 
-        On the common answer, a lone policy allowed, its rate-limit headers (whichever
+        On the common answer, every policy allowed, the rate-limit headers (whichever
         ``rate_limit_headers`` asks for) are appended to ``out`` (the response's headers) and
-        the plan's shared verdict, without headers of its own, is returned; any other verdict
-        carries its headers. Raises StorageError when the
-        storage refused the decision's specs.
+        one of the plan's shared verdicts, without headers of its own, is returned; any other
+        verdict carries its headers. Raises StorageError when the storage refused the
+        decision's specs.
         """
         one = plan.one
         if one is not None and reply[pos] == 1:
@@ -250,12 +254,13 @@ class RateLimiter:
                 one[1], reply[pos + 1], (reply[pos + 2] + 999) // 1000
             )))
             return plan.allowed
-        lone = plan.lone
-        if lone is not None and reply[pos] == 1:  # the same, with another header mode
+        rendered = plan.rendered
+        if rendered is not None and reply[pos] == 1:  # the same, for any other plan
             if not self._breaker.clean:
                 self._breaker.success()
-            out += _lone_headers(lone, reply[pos + 1], reply[pos + 2])
-            return plan.allowed
+            headers, tightest = _allowed_headers(rendered, reply, pos, len(plan.specs))
+            out += headers
+            return plan.allowed_by[tightest]
         outcome = group_outcome(reply, pos, len(plan.specs))
         self._breaker.success()
         return self._verdict(plan.planned, outcome, local=False)
@@ -322,18 +327,11 @@ class RateLimiter:
             return Verdict(False, 400, "bad_request", error=str(exc))
         if not planned:
             return _UNLIMITED
-        one = lone = None
-        if len(planned) == 1:
-            mode = self._config.rate_limit_headers
-            if mode == "ietf":
-                one = self._one_policy(planned[0])
-            else:
-                policy = planned[0].policy
-                lone = (
-                    self._one_policy(planned[0]) if mode == "both" else None,
-                    (b"X-RateLimit-Limit", b"%d" % policy.limit) if mode != "none" else None,
-                )
-        plan = _Plan(planned, one, lone)
+        mode = self._config.rate_limit_headers
+        if len(planned) == 1 and mode == "ietf":
+            plan = _Plan(planned, one=self._one_policy(planned[0]))
+        else:
+            plan = _Plan(planned, rendered=self._rendered(planned, mode))
         if all(self._memoizable.get(name, True) for name in names):
             if len(self._plans) >= _PLANNED_MAX:
                 self._plans.clear()
@@ -482,6 +480,19 @@ class RateLimiter:
             )
         return parts
 
+    def _rendered(self, planned: list[_Planned], mode: hdr.HeaderMode) -> _Rendered:
+        """What conclude() needs to write the headers of ``planned`` all allowed."""
+        ietf = None
+        if mode in ("ietf", "both"):  # RateLimit-Policy, and '"name";r=%d;t=%d, ...'
+            template = b", ".join(
+                self._one_policy(p)[1].replace(b"%", b"%%") + b"%d;t=%d" for p in planned
+            )
+            ietf = (self._headers(planned, None)[0], template)
+        legacy = None
+        if mode in ("legacy", "both"):
+            legacy = tuple(b"%d" % p.policy.limit for p in planned)
+        return ietf, legacy
+
     # -- admin and lifecycle helpers ---------------------------------------------------------
 
     def _admin_spec(self, policy_name: str, key_value: str) -> LimitSpec:
@@ -509,17 +520,45 @@ def _one_policy_value(parts: tuple[hdr.Header, bytes], remaining: int, reset_ms:
     return b"%s%d;t=%d" % (parts[1], remaining, (reset_ms + 999) // 1000)  # whole seconds, up
 
 
-def _lone_headers(lone: _Lone, remaining: int, reset_ms: int) -> tuple[hdr.Header, ...]:
-    """A lone policy's headers in the legacy, both or none mode (see headers.render)."""
-    ietf, limit = lone
-    seconds = (reset_ms + 999) // 1000  # whole seconds, up
-    out: tuple[hdr.Header, ...] = ()
+def _allowed_headers(
+    rendered: _Rendered, reply: Reply, pos: int, count: int
+) -> tuple[tuple[hdr.Header, ...], int]:
+    """The headers of ``count`` policies that all allowed, from their pre-rendered parts and
+    their group at ``reply[pos]`` (see headers.render), and the tightest policy's index: the
+    first with the least remaining, as _verdict() picks."""
+    ietf, limits = rendered
+    if count == 1:  # a lone policy with legacy, both or none headers
+        left, seconds = reply[pos + 1], (reply[pos + 2] + 999) // 1000  # whole seconds, up
+        out: tuple[hdr.Header, ...] = ()
+        if ietf is not None:
+            out = (ietf[0], (b"RateLimit", ietf[1] % (left, seconds)))
+        if limits is not None:
+            out += _legacy(limits[0], left, seconds)
+        return out, 0
+    end = pos + 1 + 3 * count
+    lefts = reply[pos + 1:end:3]  # each one's remaining, then its reset in ms
+    resets = reply[pos + 2:end:3]
+    tightest = lefts.index(min(lefts))
+    out = ()
     if ietf is not None:
-        out = (ietf[0], (b"RateLimit", b"%s%d;t=%d" % (ietf[1], remaining, seconds)))
-    if limit is not None:
-        out += (limit, (b"X-RateLimit-Remaining", b"%d" % remaining),
-                (b"X-RateLimit-Reset", b"%d" % seconds))
-    return out
+        values = lefts + lefts  # remaining and reset in seconds, one policy after another
+        values[::2] = lefts
+        values[1::2] = [(ms + 999) // 1000 for ms in resets]
+        out = (ietf[0], (b"RateLimit", ietf[1] % tuple(values)))
+    if limits is not None:
+        # The most restrictive: the least remaining, then the latest reset (headers.legacy).
+        least = lefts[tightest]
+        index = max((i for i in range(count) if lefts[i] == least), key=resets.__getitem__)
+        out += _legacy(limits[index], least, (resets[index] + 999) // 1000)
+    return out, tightest
+
+
+def _legacy(limit: bytes, left: int, seconds: int) -> tuple[hdr.Header, ...]:
+    return (
+        (b"X-RateLimit-Limit", limit),
+        (b"X-RateLimit-Remaining", b"%d" % left),
+        (b"X-RateLimit-Reset", b"%d" % seconds),
+    )
 
 
 def _remaining(pair: tuple[_Planned, LimitState]) -> int:

@@ -246,6 +246,21 @@ async def test_groups_of_a_batch_read_their_own_part_and_survive_a_cancelled_one
     assert (await storage.peek(a)).remaining == 3
 
 
+async def test_a_group_submitted_again_is_decided_again(storage: RedisStorage) -> None:
+    """The batcher encodes a group of several specs once per list: the same list submitted
+    twice in one batch and again in the next is charged each time, and another list of other
+    specs gets its own keys and limits."""
+    await storage.ping()
+    a, b, c = (LimitSpec(f"{tag()}:p", Algorithm.FIXED_WINDOW, n, LONG_MS) for n in (5, 7, 9))
+    pair, other = [a, b], [c, a]
+    first, second = await asyncio.gather(storage.decide(pair), storage.decide(pair))
+    third = await storage.decide(pair)
+    fourth = await storage.decide(other)
+    assert [[s.remaining for s in o.states] for o in (first, second, third, fourth)] == [
+        [4, 6], [3, 5], [2, 4], [8, 1]
+    ]
+
+
 async def test_heartbeat_counts_live_instances(storage: RedisStorage) -> None:
     """Instances that stop beating drop out of the count once their TTL has passed."""
     store = RedisStorage(storage.client, key_prefix=f"hb{uuid.uuid4().hex[:8]}", timeout_ms=2000)

@@ -129,31 +129,82 @@ async def test_storage_round_trips_are_timed_for_the_metrics() -> None:
     assert all(s >= 0 for s in seen)
 
 
+TEN_S = {"limit": 3, "window": "10s", "algorithm": "fixed_window"}  # ends at 1010 s, in 10 s
+BURST = {"limit": 2, "window": "1m", "algorithm": "fixed_window"}
+
+
 @pytest.mark.parametrize("mode", ["ietf", "legacy", "both", "none"])
-async def test_a_lone_policy_takes_the_fast_path_in_every_header_mode(mode: str) -> None:
-    """An allowed lone policy's headers go straight to the response's list, with the plan's
-    shared verdict, in every ``rate_limit_headers`` mode; they are the headers the general
-    path (check) renders for the same answer."""
-    fast, fast_storage, _ = make_limiter({"per-ip": PER_IP}, rate_limit_headers=mode)
-    general, _, _ = make_limiter({"per-ip": PER_IP}, rate_limit_headers=mode)
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("per-ip",),
+        ("per-ip", "burst"),  # burst has less left: the tightest, and the legacy headers' one
+        # The same left: the tightest is the first; legacy headers take the latest reset.
+        ("ten-s", "per-ip"),
+    ],
+)
+async def test_allowed_plans_take_the_fast_path_in_every_header_mode(
+    mode: str, names: tuple[str, ...]
+) -> None:
+    """Allowed requests' headers go straight to the response's list, with one of the plan's
+    shared verdicts, in every ``rate_limit_headers`` mode and for several policies too; they
+    are the headers, and the verdict's policy is the one, that the general path (check)
+    gives for the same answers."""
+    policies = {"per-ip": PER_IP, "burst": BURST, "ten-s": TEN_S}
+    fast, fast_storage, _ = make_limiter(policies, rate_limit_headers=mode)
+    general, _, _ = make_limiter(policies, rate_limit_headers=mode)
     fast_storage.submits = True
-    kwargs = {"route": "r", "policy_names": ("per-ip",), "caller": Caller("203.0.113.7"),
+    kwargs = {"route": "r", "policy_names": names, "caller": Caller("203.0.113.7"),
               "headers": {}}
-    for _ in range(3):
+    for _ in range(2):
         started = fast.begin(**kwargs)  # type: ignore[arg-type]
         assert isinstance(started, tuple)
         plan, (future, pos) = started
         out: list[tuple[bytes, bytes]] = []
         verdict = fast.conclude(plan, await future, pos, out)
-        assert verdict is plan.allowed
+        assert verdict in plan.allowed_by
         assert verdict.headers == ()
         expected = await general.check(**kwargs)  # type: ignore[arg-type]
         assert (verdict.allowed, verdict.decision) == (True, "allowed") == (
             expected.allowed, expected.decision
         )
+        assert verdict.policy == expected.policy
         assert out == list(expected.headers)
-    ietf = [(b"RateLimit-Policy", b'"per-ip";q=3;w=60'), (b"RateLimit", b'"per-ip";r=0;t=20')]
-    legacy = [(b"X-RateLimit-Limit", b"3"), (b"X-RateLimit-Remaining", b"0"),
-              (b"X-RateLimit-Reset", b"20")]
-    # The third request: nothing remains of 3; the aligned window ends in 20 s.
+    # The second request, written out.
+    ietf = {
+        ("per-ip",): [(b"RateLimit-Policy", b'"per-ip";q=3;w=60'),
+                      (b"RateLimit", b'"per-ip";r=1;t=20')],
+        ("per-ip", "burst"): [(b"RateLimit-Policy", b'"per-ip";q=3;w=60, "burst";q=2;w=60'),
+                              (b"RateLimit", b'"per-ip";r=1;t=20, "burst";r=0;t=20')],
+        ("ten-s", "per-ip"): [(b"RateLimit-Policy", b'"ten-s";q=3;w=10, "per-ip";q=3;w=60'),
+                              (b"RateLimit", b'"ten-s";r=1;t=10, "per-ip";r=1;t=20')],
+    }[names]
+    legacy = {
+        ("per-ip",): [(b"X-RateLimit-Limit", b"3"), (b"X-RateLimit-Remaining", b"1"),
+                      (b"X-RateLimit-Reset", b"20")],
+        ("per-ip", "burst"): [(b"X-RateLimit-Limit", b"2"), (b"X-RateLimit-Remaining", b"0"),
+                              (b"X-RateLimit-Reset", b"20")],
+        ("ten-s", "per-ip"): [(b"X-RateLimit-Limit", b"3"), (b"X-RateLimit-Remaining", b"1"),
+                              (b"X-RateLimit-Reset", b"20")],
+    }[names]
     assert out == {"ietf": ietf, "legacy": legacy, "both": ietf + legacy, "none": []}[mode]
+    tightest = {("per-ip",): "per-ip", ("per-ip", "burst"): "burst", ("ten-s", "per-ip"): "ten-s"}
+    assert verdict.policy == tightest[names]
+
+
+async def test_a_percent_sign_in_a_policy_name_is_rendered_as_is() -> None:
+    """The fast path renders the RateLimit value from a %-template: a policy named with a
+    "%" appears in it literally, as the general path renders it."""
+    policies = {"50%d": PER_IP, "burst": BURST}
+    fast, fast_storage, _ = make_limiter(policies)
+    fast_storage.submits = True
+    general, _, _ = make_limiter(policies)
+    kwargs = {"route": "r", "policy_names": ("50%d", "burst"), "caller": Caller("203.0.113.7"),
+              "headers": {}}
+    started = fast.begin(**kwargs)  # type: ignore[arg-type]
+    assert isinstance(started, tuple)
+    plan, (future, pos) = started
+    out: list[tuple[bytes, bytes]] = []
+    fast.conclude(plan, await future, pos, out)
+    assert out == list((await general.check(**kwargs)).headers)  # type: ignore[arg-type]
+    assert dict(out)[b"RateLimit"] == b'"50%d";r=2;t=20, "burst";r=1;t=20'

@@ -47,6 +47,9 @@ _EVALSHA = b"EVALSHA"
 # for the same client, but a caller may build a new list or tuple around them every time. The
 # spec itself is kept so its id cannot be reused by another object while cached.
 _Encoded = tuple[LimitSpec, bytes, bytes, bytes, bool]
+# id(specs) -> (specs, the keys of a group of several specs, its arguments): a memoized plan
+# hands its specs in the same list every time (a list submitted is never changed after).
+_EncodedGroup = tuple[Sequence[LimitSpec], bytes, bytes]
 _ENCODED_MAX = 10_000
 
 
@@ -86,6 +89,7 @@ class DecisionBatcher:
         self._head = b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(_EVALSHA), _EVALSHA, len(script.sha),
                                                      script.sha)
         self._encoded: dict[int, _Encoded] = {}
+        self._encoded_groups: dict[int, _EncodedGroup] = {}
         # The batch being filled: its decisions' futures and specs, RESP parts and key count.
         self._futures: list[asyncio.Future[Reply]] = []
         self._groups: list[Sequence[LimitSpec]] = []
@@ -137,14 +141,11 @@ class DecisionBatcher:
         else:
             futures = self._futures
             pos = len(futures) + 3 * self._keys
+            group = self._encoded_groups.get(id(specs)) or self._encode_group(specs)
             futures.append(fut)
             self._groups.append(specs)
-            self._arg_parts.append(_bulk(len(specs)))
-            for spec in specs:
-                enc = self._encoded.get(id(spec)) or self._encode(spec)
-                self._key_parts.append(enc[1])
-                self._arg_parts.append(enc[2])
-            self._arg_parts.append(_DECIDE_MODE)
+            self._key_parts.append(group[1])
+            self._arg_parts.append(group[2])
             self._keys += len(specs)
         if len(futures) >= self._max_groups:
             self._send()
@@ -168,6 +169,18 @@ class DecisionBatcher:
         enc = (spec, _bulk(spec.key), five, _ONE + five + _DECIDE_MODE, joinable)
         self._encoded[id(spec)] = enc
         return enc
+
+    def _encode_group(self, specs: Sequence[LimitSpec]) -> _EncodedGroup:
+        if len(self._encoded_groups) >= _ENCODED_MAX:
+            self._encoded_groups.clear()
+        encoded = [self._encoded.get(id(spec)) or self._encode(spec) for spec in specs]
+        group = (
+            specs,
+            b"".join(enc[1] for enc in encoded),
+            b"".join((_bulk(len(specs)), *(enc[2] for enc in encoded), _DECIDE_MODE)),
+        )
+        self._encoded_groups[id(specs)] = group
+        return group
 
     def _end_of_tick(self) -> None:
         self._scheduled_on = None
