@@ -47,8 +47,9 @@ log = logging.getLogger("apigate.gateway")
 # The caller of routes without auth (no consumer): the limiter keys it by address.
 _ANONYMOUS = Caller("")
 # What head_start() worked out for handle(): the snapshot, the route, the client address and
-# its headers' view, the rate-limit decision sent (if one was) and when the request came.
-_HeadStart = tuple[Runtime, Match, str, HeaderView, "Pending | None", float]
+# its headers' view, the rate-limit decision sent (if one was), when the request came, and the
+# caller when it authenticated one (an API key).
+_HeadStart = tuple[Runtime, Match, str, HeaderView, "Pending | None", float, "Caller | None"]
 
 
 class Gateway:
@@ -59,8 +60,10 @@ class Gateway:
 
     def head_start_hook(self) -> HeadStart | None:
         """:meth:`head_start` when the current config has a route it can decide early (rate
-        limits, no auth), else None: with other configs no request makes the call."""
-        return self.head_start if self.runtime.decided_early else None
+        limits without auth, or API keys), else None: with other configs no request makes the
+        call."""
+        runtime = self.runtime
+        return self.head_start if runtime.decided_early or runtime.authenticated_early else None
 
     def head_start(
         self, request: Request, conn: HttpConnection, wake: asyncio.Future[Any]
@@ -71,11 +74,13 @@ class Gateway:
         the future that task awaits. For a route without auth, the caller is known by address
         alone: the decision goes to storage now with ``wake`` as its future, so the task wakes
         once, when storage has answered, instead of once for the request and again for the
-        decision. Returns False (the connection wakes the task now) for every other request;
-        what was worked out here is left in ``request.head_start`` for :meth:`handle`.
+        decision. A route with API keys is authenticated first, which needs no waiting either.
+        Returns False (the connection wakes the task now) for every other request; what was
+        worked out here is left in ``request.head_start`` for :meth:`handle`.
         """
         started = time.perf_counter()
         runtime = self.runtime
+        caller = None
         try:
             match = _match(runtime, request)
             client_ip = _client_ip(runtime, request, conn.peer)
@@ -87,12 +92,19 @@ class Gateway:
                 begun = runtime.limiter.begin(name, policies, client_ip, headers, wake)
                 if type(begun) is tuple:  # a Pending: storage completes ``wake`` (last step)
                     pending = begun
+            elif name in runtime.authenticated_early:
+                route = match.route
+                caller = runtime.authenticate_now(route, headers, request.query, client_ip)
+                if caller is not None and (policies := runtime.policies_for(route, caller)):
+                    begun = runtime.limiter.begin(name, policies, caller, headers, wake)
+                    if type(begun) is tuple:
+                        pending = begun
         except HttpError:
-            return False  # handle() answers it
+            return False  # handle() answers it (a refused credential: it authenticates again)
         except Exception:  # a bug here must not become the parser's "malformed request"
             log.exception("head start failed; the request takes the handler's path")
             return False
-        request.head_start = (runtime, match, client_ip, headers, pending, started)
+        request.head_start = (runtime, match, client_ip, headers, pending, started, caller)
         if pending is None:
             return False
         runtime.metrics.inflight(1)  # from now: handle() counts it out
@@ -101,12 +113,12 @@ class Gateway:
     async def handle(self, request: Request, writer: ResponseWriter, conn: HttpConnection) -> None:
         prepared: _HeadStart | None = request.head_start
         if prepared is not None:  # see head_start(): timed and counted in flight from there
-            runtime, match, client_ip, headers, pending, started = prepared
+            runtime, match, client_ip, headers, pending, started, known = prepared
             if pending is None:
                 runtime.metrics.inflight(1)
         else:
             started = time.perf_counter()
-            runtime, match, pending = self.runtime, None, None
+            runtime, match, pending, known = self.runtime, None, None, None
             headers = HeaderView(request.headers)
             client_ip = _client_ip(runtime, request, conn.peer)
             runtime.metrics.inflight(1)
@@ -126,7 +138,9 @@ class Gateway:
             # Application log lines written while this request runs carry its context.
             context = bind_request(request_id, client_ip=client_ip, route=name)
             if route.auth != "none":
-                caller = await runtime.authenticate(route, headers, request.query, client_ip)
+                caller = known if known is not None else await runtime.authenticate(
+                    route, headers, request.query, client_ip
+                )
                 outcome.consumer = caller.consumer
                 update_request(consumer=caller.consumer)
                 policies = runtime.policies_for(route, caller)

@@ -44,18 +44,30 @@ class Runtime:
     # rate limits: read per request, where each attribute of a RouteConfig (a pydantic model)
     # costs about ten times a plain object's.
     decided_early: Mapping[str, tuple[str, ...]]
+    # Routes with API keys whose requests may be limited (by the route or by their consumer):
+    # the head start authenticates them, which needs no waiting, then decides the same way.
+    authenticated_early: frozenset[str]
 
     async def authenticate(
         self, route: RouteConfig, headers: Mapping[str, str], query: bytes, client_ip: str
     ) -> Caller:
+        """Who calls ``route``; HttpError (401, 403) when the request may not."""
         try:
             return await self.auth.authenticate(
                 route, headers, query.decode("latin-1"), client_ip
             )
         except AuthError as exc:
-            challenge = exc.www_authenticate
-            extra = ((b"www-authenticate", challenge.encode()),) if challenge else ()
-            raise HttpError(exc.status, exc.message, headers=extra) from None
+            raise _refusal(exc) from None
+
+    def authenticate_now(
+        self, route: RouteConfig, headers: Mapping[str, str], query: bytes, client_ip: str
+    ) -> Caller | None:
+        """:meth:`authenticate` without waiting, or None when the route's credentials may need
+        it (see ``Authenticator.authenticate_now``)."""
+        try:
+            return self.auth.authenticate_now(route, headers, query.decode("latin-1"), client_ip)
+        except AuthError as exc:
+            raise _refusal(exc) from None
 
     def policies_for(self, route: RouteConfig, caller: Caller) -> tuple[str, ...]:
         """The route's limits, then the consumer's (each policy once)."""
@@ -94,6 +106,10 @@ def build_runtime(
         AccessLog() if config.observability.access_log else NullAccessLog()
     )
     consumer_limits = bool(config.consumers) or auth.directory.redis_available
+    # Consumers that may have limits: configured with some, or kept in Redis (any may).
+    limited_consumers = auth.directory.redis_available or any(
+        consumer.rate_limits for consumer in config.consumers.values()
+    )
     drop_headers = {route.name: _drop_headers(route, auth) for route in config.routes}
     return Runtime(
         config=config,
@@ -112,7 +128,17 @@ def build_runtime(
             route.name: route.rate_limits
             for route in config.routes if route.rate_limits and route.auth == "none"
         },
+        authenticated_early=frozenset(
+            route.name for route in config.routes
+            if route.auth == "api_key" and (route.rate_limits or limited_consumers)
+        ),
     )
+
+
+def _refusal(exc: AuthError) -> HttpError:
+    challenge = exc.www_authenticate
+    extra = ((b"www-authenticate", challenge.encode()),) if challenge else ()
+    return HttpError(exc.status, exc.message, headers=extra)
 
 
 def _drop_headers(route: RouteConfig, auth: Authenticator) -> frozenset[bytes]:

@@ -102,15 +102,25 @@ class Authenticator:
         Raises AuthError: 401 for missing or bad credentials (or a disabled consumer), 403
         when ``route.consumers`` does not list the consumer.
         """
-        if route.auth == "none":
-            caller = Caller(client_ip)
-        elif route.auth == "api_key":
-            caller = Caller(client_ip, self._api_key_consumer(headers, query))
-        else:
+        caller = self.authenticate_now(route, headers, query, client_ip)
+        if caller is None:
             consumer, claims = await self._jwt_consumer(headers)
             caller = Caller(client_ip, consumer, claims)
-        if route.consumers is not None and caller.consumer not in route.consumers:
-            raise AuthError(403, f"consumer may not use route {route.name!r}")
+            self._check_route(route, caller)
+        return caller
+
+    def authenticate_now(self, route: RouteConfig, headers: Mapping[str, str], query: str,
+                         client_ip: str) -> Caller | None:
+        """:meth:`authenticate` without waiting: None for a route whose credentials may need
+        it (``auth: jwt``, whose keys may have to be fetched)."""
+        auth = route.auth
+        if auth == "jwt":
+            return None
+        if auth == "api_key":
+            caller = Caller(client_ip, self._api_key_consumer(headers, query))
+        else:
+            caller = Caller(client_ip)
+        self._check_route(route, caller)
         return caller
 
     def consumer_policies(self, consumer: str) -> tuple[str, ...]:
@@ -160,6 +170,10 @@ class Authenticator:
         consumer = str(claims[self._jwt.consumer_claim])
         self._refuse_disabled(consumer, f'{_BEARER_CHALLENGE}, error="invalid_token"')
         return consumer, claims
+
+    def _check_route(self, route: RouteConfig, caller: Caller) -> None:
+        if route.consumers is not None and caller.consumer not in route.consumers:
+            raise AuthError(403, f"consumer may not use route {route.name!r}")
 
     def _refuse_disabled(self, name: str, challenge: str) -> None:
         known = self._directory.get(name)

@@ -19,6 +19,8 @@ from tests.support.gateway import http_get, running_gateway
 from tests.support.redis_servers import RedisServer
 from tests.support.upstreams import ScriptedUpstream, UpstreamLoop
 
+from apigate.auth.api_key import hash_key
+
 
 @pytest.fixture(scope="module")
 def scripted(upstream_loop: UpstreamLoop) -> ScriptedUpstream:
@@ -187,3 +189,69 @@ def test_each_decision_is_counted_once_by_outcome(
     total = sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
                 if line.startswith(name + "{"))
     assert total == 5
+
+
+ACME_KEY = "acme-key-5d1f0c8b2e"
+OTHER_KEY = "other-key-9a7e3b6c4d"
+
+
+def _keyed_config(scripted: ScriptedUpstream, redis_url: str) -> dict[str, object]:
+    """API-key routes: consumers limited to 3 each, and a route only acme may use."""
+    config = gateway_config(
+        {"up": upstream(scripted.url)},
+        [
+            route("keyed", "up", path_prefix="/keyed", auth="api_key"),
+            route("acme-only", "up", path_prefix="/acme-only", auth="api_key",
+                  consumers=["acme"]),
+        ],
+    )
+    config["storage"] = {"url": redis_url}
+    config["rate_limits"] = {
+        "per-consumer": {"limit": 3, "window": "1h", "algorithm": "fixed_window",
+                         "key": "consumer"}
+    }
+    config["auth"] = {"api_key": {"header": "X-API-Key"}}
+    config["consumers"] = {
+        name: {"api_keys": [hash_key(key)], "rate_limits": ["per-consumer"]}
+        for name, key in (("acme", ACME_KEY), ("other", OTHER_KEY))
+    }
+    return config
+
+
+def test_api_key_requests_are_authenticated_and_charged_once_each(
+    scripted: ScriptedUpstream, fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    """On one keep-alive connection (all but its first request authenticated and decided as
+    they arrive): a consumer's five requests against its limit of 3 pass three times, with
+    the key stripped and X-Consumer set; refused credentials and a route the consumer may not
+    use are answered 401 and 403 and charge nothing; another consumer has its own bucket."""
+    acme = f"X-API-Key: {ACME_KEY}\r\n"
+    with running_gateway(_keyed_config(scripted, fresh_redis.url), tmp_path) as gw, RawClient(
+        gw.port
+    ) as client:
+        first = client.request(get("/keyed/a", extra=acme))
+        missing = client.request(get("/keyed/a"))
+        wrong = client.request(get("/keyed/a", extra="X-API-Key: not-a-key\r\n"))
+        refused = client.request(get("/acme-only/a", extra=f"X-API-Key: {OTHER_KEY}\r\n"))
+        rest = [client.request(get("/keyed/a", extra=acme)) for _ in range(4)]
+        other = client.request(get("/acme-only/b", extra=f"X-API-Key: {OTHER_KEY}\r\n"))
+        allowed = client.request(get("/acme-only/c", extra=acme))
+        theirs = client.request(get("/keyed/d", extra=f"X-API-Key: {OTHER_KEY}\r\n"))
+    assert [r.status for r in [first, *rest]] == [200, 200, 200, 429, 429]
+    remaining = [r.header("ratelimit") or "" for r in [first, *rest[:2]]]
+    assert [value.split(";")[:2] for value in remaining] == [
+        ['"per-consumer"', f"r={n}"] for n in (2, 1, 0)
+    ]
+    assert missing.status == wrong.status == 401
+    assert missing.header("www-authenticate") == wrong.header("www-authenticate") == (
+        'ApiKey realm="apigate"'
+    )
+    assert refused.status == other.status == 403
+    assert refused.json()["error"]
+    assert allowed.status == 429  # acme's three are spent, on every route
+    assert theirs.status == 200
+    assert (theirs.header("ratelimit") or "").split(";")[:2] == ['"per-consumer"', "r=2"]
+    seen = scripted.requests
+    assert [r.target for r in seen] == ["/keyed/a"] * 3 + ["/keyed/d"]
+    assert [r.header("x-consumer") for r in seen] == ["acme"] * 3 + ["other"]
+    assert all(r.header("x-api-key") is None for r in seen)

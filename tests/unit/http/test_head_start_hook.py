@@ -1,5 +1,6 @@
 """The connection calls the gateway's head start only for configs with a route it can decide
-early: one with rate limits and no auth. Other configs' requests skip the call."""
+early: one with rate limits and no auth, or one with API keys (which authenticate without
+waiting). Other configs' requests skip the call."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ storage: {{url: "memory://"}}
 upstreams: {{up: {{targets: ["http://127.0.0.1:9"]}}}}
 rate_limits: {{per-ip: {{limit: 5, window: "1s", algorithm: fixed_window, key: client_ip}}}}
 consumers: {{acme: {{api_keys: ["{KEY}"]}}}}
+auth: {{jwt: {{algorithms: [HS256], secret: "{"s" * 32}"}}}}
 routes:
 """
 OPEN = '  - {name: open, match: {path_prefix: "/open"}, upstream: up}\n'
@@ -24,17 +26,26 @@ KEYED = (
     '  - {name: keyed, match: {path_prefix: "/k"}, upstream: up, rate_limits: [per-ip],'
     " auth: api_key}\n"
 )
+# A JWT route's keys may have to be fetched: it authenticates in the handler, and decides there.
+BEARER = (
+    '  - {name: bearer, match: {path_prefix: "/b"}, upstream: up, rate_limits: [per-ip],'
+    " auth: jwt}\n"
+)
 
 
-def _gateway(routes: str) -> Gateway:
-    config = parse_config(BASE + routes, source="t.yaml", env={})
+# An API-key route without limits of its own: its consumers' limits may apply.
+KEYED_FREE = '  - {name: free, match: {path_prefix: "/f"}, upstream: up, auth: api_key}\n'
+
+
+def _gateway(routes: str, base: str = BASE) -> Gateway:
+    config = parse_config(base + routes, source="t.yaml", env={})
     return Gateway(build_runtime(config, metrics=NullMetrics(), instance_id="t"))
 
 
 @pytest.mark.parametrize(
     ("routes", "hooked"),
-    [(OPEN, False), (KEYED, False), (OPEN + KEYED, False), (OPEN + LIMITED, True),
-     (LIMITED, True)],
+    [(OPEN, False), (BEARER, False), (OPEN + BEARER, False), (KEYED, True), (OPEN + KEYED, True),
+     (OPEN + LIMITED, True), (LIMITED, True)],
 )
 def test_head_start_is_offered_only_when_a_route_can_use_it(routes: str, hooked: bool) -> None:
     gateway = _gateway(routes)
@@ -49,3 +60,14 @@ def test_a_reload_changes_the_hook_with_the_config() -> None:
     assert gateway.head_start_hook() is None
     gateway.runtime = _gateway(OPEN + LIMITED).runtime
     assert gateway.head_start_hook() == gateway.head_start
+
+
+@pytest.mark.parametrize(("consumer", "hooked"), [("", False), (", rate_limits: [per-ip]", True)])
+def test_an_api_key_route_is_offered_it_when_its_consumers_have_limits(
+    consumer: str, hooked: bool
+) -> None:
+    """Without limits of its own, an API-key route is authenticated early only when some
+    consumer has limits (there is nothing to decide otherwise)."""
+    base = BASE.replace(f'api_keys: ["{KEY}"]', f'api_keys: ["{KEY}"]{consumer}')
+    gateway = _gateway(KEYED_FREE, base)
+    assert (gateway.head_start_hook() is None) is not hooked
