@@ -14,6 +14,7 @@ import pytest
 
 from apigate.observability.logging import (
     JsonFormatter,
+    RequestContext,
     bind_request,
     configure_logging,
     current_request,
@@ -82,6 +83,19 @@ def test_bound_context_is_rendered_and_unbound() -> None:
     assert doc["apigate.consumer"] == "acme"
     assert current_request() is None
     assert "http.request.id" not in render(record())
+
+
+def test_an_update_keeps_what_it_does_not_name() -> None:
+    """The consumer added after auth leaves the route bound at ingress, and a later update of
+    the route leaves the consumer."""
+    token = bind_request("req-2", client_ip="203.0.113.8", route="users")
+    try:
+        update_request(consumer="acme")
+        assert current_request() == RequestContext("req-2", "203.0.113.8", "users", "acme")
+        update_request(route="orders")
+        assert current_request() == RequestContext("req-2", "203.0.113.8", "orders", "acme")
+    finally:
+        unbind(token)
 
 
 def test_update_without_bind_is_a_no_op() -> None:
