@@ -48,8 +48,9 @@ log = logging.getLogger("apigate.gateway")
 _ANONYMOUS = Caller("")
 # What head_start() worked out for handle(): the snapshot, the route, the client address and
 # its headers' view, the rate-limit decision sent (if one was), when the request came, and the
-# caller when it authenticated one (an API key).
-_HeadStart = tuple[Runtime, Match, str, HeaderView, "Pending | None", float, "Caller | None"]
+# caller with its rate limits when it authenticated one (an API key).
+_Known = tuple[Caller, tuple[str, ...]]
+_HeadStart = tuple[Runtime, Match, str, HeaderView, "Pending | None", float, "_Known | None"]
 
 
 class Gateway:
@@ -80,7 +81,7 @@ class Gateway:
         """
         started = time.perf_counter()
         runtime = self.runtime
-        caller = None
+        known = None
         try:
             match = _match(runtime, request)
             client_ip = _client_ip(runtime, request, conn.peer)
@@ -95,16 +96,19 @@ class Gateway:
             elif name in runtime.authenticated_early:
                 route = match.route
                 caller = runtime.authenticate_now(route, headers, request.query, client_ip)
-                if caller is not None and (policies := runtime.policies_for(route, caller)):
-                    begun = runtime.limiter.begin(name, policies, caller, headers, wake)
-                    if type(begun) is tuple:
-                        pending = begun
+                if caller is not None:
+                    policies = runtime.policies_for(route, caller)
+                    known = (caller, policies)
+                    if policies:
+                        begun = runtime.limiter.begin(name, policies, caller, headers, wake)
+                        if type(begun) is tuple:
+                            pending = begun
         except HttpError:
             return False  # handle() answers it (a refused credential: it authenticates again)
         except Exception:  # a bug here must not become the parser's "malformed request"
             log.exception("head start failed; the request takes the handler's path")
             return False
-        request.head_start = (runtime, match, client_ip, headers, pending, started, caller)
+        request.head_start = (runtime, match, client_ip, headers, pending, started, known)
         if pending is None:
             return False
         runtime.metrics.inflight(1)  # from now: handle() counts it out
@@ -138,12 +142,13 @@ class Gateway:
             # Application log lines written while this request runs carry its context.
             context = bind_request(request_id, client_ip=client_ip, route=name)
             if route.auth != "none":
-                caller = known if known is not None else await runtime.authenticate(
-                    route, headers, request.query, client_ip
-                )
+                if known is not None:  # by the head start
+                    caller, policies = known
+                else:
+                    caller = await runtime.authenticate(route, headers, request.query, client_ip)
+                    policies = runtime.policies_for(route, caller)
                 outcome.consumer = caller.consumer
                 update_request(consumer=caller.consumer)
-                policies = runtime.policies_for(route, caller)
                 limited_as: Caller | str = caller
             else:  # no consumer: the limiter knows the caller by address only
                 caller, policies, limited_as = _ANONYMOUS, route.rate_limits, client_ip
