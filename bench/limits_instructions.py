@@ -85,10 +85,13 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
     parser.add_argument("--headers", choices=("ietf", "legacy", "both", "none"), default="ietf",
                         help="the limited gateway's rate_limit_headers")
+    parser.add_argument("--limits", type=int, default=1,
+                        help="how many limits each request of the limited gateway carries")
     args = parser.parse_args()
     print(python_line())
     print(f"instructions per request under callgrind ({args.connections} connections, "
-          f"{args.seconds} s counted, rate_limit_headers {args.headers}):")
+          f"{args.seconds} s counted, rate_limit_headers {args.headers}, {args.limits} limit(s) "
+          f"per request):")
     with make_workdir() as tmp:
         work = Path(tmp)
         upstream = free_port()
@@ -100,8 +103,8 @@ def main() -> None:
                                              args, work=work, name="no-limits")
             for algorithm in args.algorithms:
                 limited = instructions_per_request(
-                    gateway_config(upstream, redis, algorithm, args.headers), args, work=work,
-                    name=algorithm,
+                    gateway_config(upstream, redis, algorithm, args.headers, args.limits), args,
+                    work=work, name=algorithm,
                 )
                 print(f"{algorithm}: unlimited / limited instructions per request "
                       f"{plain / limited:.3f} (goal for throughput >= {GOAL}); the limit adds "

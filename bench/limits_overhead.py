@@ -59,9 +59,10 @@ GOAL = 0.90
 
 
 def gateway_config(upstream_port: int, redis_port: int | None, algorithm: str,
-                   headers: str = "ietf") -> dict[str, Any]:
-    """One catch-all route; with ``redis_port``, a never-reached per-client-IP limit on it,
-    answered with ``headers`` (``rate_limit_headers``: ietf, the default, legacy, both, none)."""
+                   headers: str = "ietf", limits: int = 1) -> dict[str, Any]:
+    """One catch-all route; with ``redis_port``, ``limits`` never-reached per-client-IP limits
+    on it (1,000,000,000 per hour, then per 59, 58, ... minutes), answered with ``headers``
+    (``rate_limit_headers``: ietf, the default, legacy, both, none)."""
     config: dict[str, Any] = {
         "upstreams": {"bench": {"targets": [f"http://127.0.0.1:{upstream_port}"]}},
         "routes": [{"name": "bench", "match": {"path_prefix": "/"}, "upstream": "bench"}],
@@ -69,11 +70,13 @@ def gateway_config(upstream_port: int, redis_port: int | None, algorithm: str,
     }
     if redis_port is not None:
         config["storage"] = {"url": f"redis://127.0.0.1:{redis_port}/0"}
+        names = ["high", *(f"high-{n}" for n in range(2, limits + 1))]
         config["rate_limits"] = {
-            "high": {"limit": 1_000_000_000, "window": "1h", "algorithm": algorithm,
-                     "key": "client_ip"},
+            name: {"limit": 1_000_000_000, "window": f"{60 - index}m", "algorithm": algorithm,
+                   "key": "client_ip"}
+            for index, name in enumerate(names)
         }
-        config["routes"][0]["rate_limits"] = ["high"]
+        config["routes"][0]["rate_limits"] = names
         config["rate_limit_headers"] = headers
     return config
 
@@ -139,7 +142,7 @@ def compare(args: argparse.Namespace, work: Path, upstream: int, redis: int,
             algorithm: str, *, split: tuple[set[int], set[int]] | None) -> float:
     """Alternate plain and limited gateways for ``args.rounds``; print rounds; median ratio."""
     with apigate(gateway_config(upstream, None, algorithm), workdir=work) as plain, apigate(
-        gateway_config(upstream, redis, algorithm, args.headers), workdir=work
+        gateway_config(upstream, redis, algorithm, args.headers, args.limits), workdir=work
     ) as limited:
         admin = admin_port(limited, workdir=work)
         if split is not None:  # each gateway's worker on the CPU kept for it
@@ -189,6 +192,8 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
     parser.add_argument("--headers", choices=("ietf", "legacy", "both", "none"), default="ietf",
                         help="the limited gateway's rate_limit_headers")
+    parser.add_argument("--limits", type=int, default=1,
+                        help="how many limits each request of the limited gateway carries")
     parser.add_argument("--pin", action="store_true",
                         help="each gateway worker on a CPU of its own (see the module docstring)")
     parser.add_argument("--together", action="store_true",
@@ -212,7 +217,8 @@ def main() -> None:
             wait_port(upstream)
             for algorithm in args.algorithms:
                 print(f"{algorithm} ({args.connections} connections, {args.seconds} s, "
-                      f"{args.rounds} rounds, rate_limit_headers {args.headers}):")
+                      f"{args.rounds} rounds, rate_limit_headers {args.headers}, "
+                      f"{args.limits} limit(s) per request):")
                 compare(args, work, upstream, redis, algorithm, split=split)
 
 
