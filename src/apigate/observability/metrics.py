@@ -172,11 +172,12 @@ class Metrics:
             "apigate_upstream_targets_ejected", "Upstream targets currently ejected.",
             ["upstream"], registry=None, multiprocess_mode="livemax")
         self._children: dict[tuple[object, ...], Any] = {}
-        self._request_counts: dict[tuple[str, str, int], int] = {}
+        # Requests by (route, method, status class, the limiter's (policy, decision) or None):
+        # a limited request's decision is counted with it, in the same dict update.
+        self._request_counts: dict[tuple[str, str, int, tuple[str, str] | None], int] = {}
         self._request_hists: dict[str, _Buckets] = {}
         self._upstream_hists: dict[str, _Buckets] = {}
         self._error_counts: dict[tuple[str, str], int] = {}
-        self._decision_counts: dict[tuple[str, str], int] = {}
         self._storage_hist = _Buckets(STORAGE_BUCKETS)
         self._ejected: dict[str, int] = {}
         self._open_connections = 0
@@ -190,12 +191,9 @@ class Metrics:
     ) -> None:
         """One request answered; ``decision``: the rate limiter's labels ``(policy, decision)``
         when it was asked, a tuple the caller keeps (counted here: a call less per request)."""
-        key = (route, method, status // 100)
+        key = (route, method, status // 100, decision)
         counts = self._request_counts
         counts[key] = counts.get(key, 0) + 1
-        if decision is not None:
-            decisions = self._decision_counts
-            decisions[decision] = decisions.get(decision, 0) + 1
         hist = self._request_hists.get(route)
         if hist is None:
             hist = self._request_hists[route] = _Buckets(REQUEST_BUCKETS)
@@ -260,10 +258,13 @@ class Metrics:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for (route, method, klass), count in self._request_counts.items():
+        decisions: dict[tuple[str, str], int] = {}
+        for (route, method, klass, decision), count in self._request_counts.items():
             method_label = method if method in METHODS else "other"
             status_label = STATUS_CLASSES.get(klass, "other")
             self._child(self._requests_total, route, method_label, status_label).inc(count)
+            if decision is not None:
+                decisions[decision] = decisions.get(decision, 0) + count
         self._request_counts.clear()
         for route, hist in self._request_hists.items():
             hist.drain_into(self._child(self._request_seconds, route))
@@ -273,10 +274,9 @@ class Metrics:
             kind_label = kind if kind in UPSTREAM_ERROR_KINDS else "other"
             self._child(self._upstream_errors, upstream, kind_label).inc(count)
         self._error_counts.clear()
-        for (policy, decision), count in self._decision_counts.items():
-            decision_label = decision if decision in DECISIONS else "other"
+        for (policy, outcome), count in decisions.items():
+            decision_label = outcome if outcome in DECISIONS else "other"
             self._child(self._decisions, policy, decision_label).inc(count)
-        self._decision_counts.clear()
         self._storage_hist.drain_into(self._storage)
         for upstream, ejected in self._ejected.items():
             self._child(self._ejected_gauge, upstream).set(ejected)
