@@ -134,6 +134,7 @@ class RateLimiter:
         self._submit = self._rt.storage.submit
         self._policy_values: dict[tuple[str, ...], bytes] = {}
         self._quotas: dict[tuple[str, ...], list[hdr.Quota]] = {}
+        self._rendered_by_names: dict[tuple[str, ...], _Rendered] = {}
         self._one_policy_parts: dict[str, tuple[hdr.Header, bytes]] = {}
         # Planned specs of policies keyed only by client_ip/consumer/route with a fixed cost:
         # the same client on the same route plans the same spec every time.
@@ -481,7 +482,12 @@ class RateLimiter:
         return parts
 
     def _rendered(self, planned: list[_Planned], mode: hdr.HeaderMode) -> _Rendered:
-        """What conclude() needs to write the headers of ``planned`` all allowed."""
+        """What conclude() needs to write the headers of ``planned`` all allowed (worked out
+        once per set of policies: plans that are not memoized ask for it every time)."""
+        names = tuple(p.name for p in planned)
+        rendered = self._rendered_by_names.get(names)
+        if rendered is not None:
+            return rendered
         ietf = None
         if mode in ("ietf", "both"):  # RateLimit-Policy, and '"name";r=%d;t=%d, ...'
             template = b", ".join(
@@ -491,7 +497,10 @@ class RateLimiter:
         legacy = None
         if mode in ("legacy", "both"):
             legacy = tuple(b"%d" % p.policy.limit for p in planned)
-        return ietf, legacy
+        if len(self._rendered_by_names) > 1024:  # bounded: policy sets come from config
+            self._rendered_by_names.clear()
+        rendered = self._rendered_by_names[names] = (ietf, legacy)
+        return rendered
 
     # -- admin and lifecycle helpers ---------------------------------------------------------
 

@@ -208,3 +208,27 @@ async def test_a_percent_sign_in_a_policy_name_is_rendered_as_is() -> None:
     fast.conclude(plan, await future, pos, out)
     assert out == list((await general.check(**kwargs)).headers)  # type: ignore[arg-type]
     assert dict(out)[b"RateLimit"] == b'"50%d";r=2;t=20, "burst";r=1;t=20'
+
+
+async def test_plans_planned_per_request_share_their_rendered_headers() -> None:
+    """Header-keyed limits are planned for every request; the parts their allowed headers are
+    rendered from are worked out once for the set of policies, and each request's headers
+    carry its own bucket's remaining."""
+    tenant = {"limit": 5, "window": "1m", "algorithm": "fixed_window", "key": "header:x-tenant"}
+    limiter, storage, _ = make_limiter({"tenant": tenant, "per-ip": PER_IP},
+                                       rate_limit_headers="legacy")
+    storage.submits = True
+    plans, remaining = [], []
+    for name in ("a", "b", "a"):
+        started = limiter.begin(route="r", policy_names=("tenant", "per-ip"),
+                                caller=Caller("203.0.113.9"), headers={"x-tenant": name})
+        assert isinstance(started, tuple)
+        plan, (future, pos) = started
+        out: list[tuple[bytes, bytes]] = []
+        limiter.conclude(plan, await future, pos, out)
+        plans.append(plan)
+        remaining.append(dict(out)[b"X-RateLimit-Remaining"])
+    assert plans[0] is not plans[2]  # planned again, not memoized
+    assert plans[0].rendered is plans[1].rendered is plans[2].rendered
+    # per-ip (limit 3) is the tightest: 2, 1, 0 left whatever the tenant.
+    assert remaining == [b"2", b"1", b"0"]
