@@ -37,7 +37,7 @@ class Runtime:
     metrics: MetricsSink
     access_log: AccessLog | NullAccessLog
     access_log_enabled: bool
-    consumer_limits: bool
+    consumer_limits: bool  # a consumer may have rate limits (configured, or kept in Redis)
     drop_headers: Mapping[str, frozenset[bytes]]  # per route: gateway-set + credential headers
     # Routes whose rate-limit decision goes out as the request arrives (Gateway.head_start):
     # limited, and without auth (the caller is known by address alone). By route name, their
@@ -105,9 +105,8 @@ def build_runtime(
     access_log: AccessLog | NullAccessLog = (
         AccessLog() if config.observability.access_log else NullAccessLog()
     )
-    consumer_limits = bool(config.consumers) or auth.directory.redis_available
-    # Consumers that may have limits: configured with some, or kept in Redis (any may).
-    limited_consumers = auth.directory.redis_available or any(
+    # Consumers may have limits: configured with some, or kept in Redis (any may).
+    consumer_limits = auth.directory.redis_available or any(
         consumer.rate_limits for consumer in config.consumers.values()
     )
     drop_headers = {route.name: _drop_headers(route, auth) for route in config.routes}
@@ -130,7 +129,7 @@ def build_runtime(
         },
         authenticated_early=frozenset(
             route.name for route in config.routes
-            if route.auth == "api_key" and (route.rate_limits or limited_consumers)
+            if route.auth == "api_key" and (route.rate_limits or consumer_limits)
         ),
     )
 

@@ -75,10 +75,10 @@ class _Planned:
     spec: LimitSpec
 
 
-# A plan's headers pre-rendered for conclude() when all its policies allow, in every case but
-# a lone policy with ietf headers (the default, see _Plan.one): RateLimit-Policy with the
-# RateLimit value as a template, each policy's remaining and reset left as %d (ietf, both); and
-# each policy's X-RateLimit-Limit value (legacy, both). None where the mode has no such header.
+# A plan's headers pre-rendered for conclude() when all its policies allow: RateLimit-Policy
+# with the RateLimit value as a template, each policy's remaining and reset left as %d (ietf,
+# both); and each policy's X-RateLimit-Limit value (legacy, both). None where the mode has no
+# such header.
 _Rendered = tuple["tuple[hdr.Header, bytes] | None", "tuple[bytes, ...] | None"]
 
 
@@ -87,17 +87,15 @@ class _Plan:
 
     __slots__ = ("allowed", "allowed_by", "one", "planned", "rendered", "shadow", "specs")
 
-    def __init__(
-        self, planned: list[_Planned], one: tuple[hdr.Header, bytes] | None = None,
-        rendered: _Rendered | None = None,
-    ) -> None:
+    def __init__(self, planned: list[_Planned], rendered: _Rendered) -> None:
         self.planned = planned
         self.specs = [p.spec for p in planned]
         self.shadow = any(p.policy.shadow for p in planned)
-        # Pre-rendered headers: ``one``, a lone policy's ietf parts (see _one_policy), or
-        # ``rendered`` in every other case.
-        self.one = one
         self.rendered = rendered
+        # The common case, a lone policy with ietf headers only (the default): its ietf parts,
+        # which conclude() renders inline, a call less than _allowed_headers().
+        ietf, legacy = rendered
+        self.one = ietf if len(planned) == 1 and legacy is None else None
         # "allowed" verdicts shared by the plan's requests, one per policy as the tightest:
         # conclude() writes their headers. ``allowed``: the first's, a lone policy's.
         self.allowed_by = tuple(Verdict(True, 200, "allowed", policy=p.name) for p in planned)
@@ -250,16 +248,15 @@ class RateLimiter:
         if one is not None and reply[pos] == 1:
             if not self._breaker.clean:
                 self._breaker.success()  # else it has nothing to reset: not even called
-            # _one_policy_value(), written out: a call less per request
-            out += (one[0], (b"RateLimit", b"%s%d;t=%d" % (
-                one[1], reply[pos + 1], (reply[pos + 2] + 999) // 1000
+            # _allowed_headers() for one policy, written out: a call less per request
+            out += (one[0], (b"RateLimit", one[1] % (
+                reply[pos + 1], (reply[pos + 2] + 999) // 1000  # whole seconds, up
             )))
             return plan.allowed
-        rendered = plan.rendered
-        if rendered is not None and reply[pos] == 1:  # the same, for any other plan
+        if reply[pos] == 1:  # the same, for any other plan
             if not self._breaker.clean:
                 self._breaker.success()
-            headers, tightest = _allowed_headers(rendered, reply, pos, len(plan.specs))
+            headers, tightest = _allowed_headers(plan.rendered, reply, pos, len(plan.specs))
             out += headers
             return plan.allowed_by[tightest]
         outcome = group_outcome(reply, pos, len(plan.specs))
@@ -328,11 +325,7 @@ class RateLimiter:
             return Verdict(False, 400, "bad_request", error=str(exc))
         if not planned:
             return _UNLIMITED
-        mode = self._config.rate_limit_headers
-        if len(planned) == 1 and mode == "ietf":
-            plan = _Plan(planned, one=self._one_policy(planned[0]))
-        else:
-            plan = _Plan(planned, rendered=self._rendered(planned, mode))
+        plan = _Plan(planned, self._rendered(planned, self._config.rate_limit_headers))
         if all(self._memoizable.get(name, True) for name in names):
             if len(self._plans) >= _PLANNED_MAX:
                 self._plans.clear()
@@ -536,7 +529,7 @@ def _allowed_headers(
     their group at ``reply[pos]`` (see headers.render), and the tightest policy's index: the
     first with the least remaining, as _verdict() picks."""
     ietf, limits = rendered
-    if count == 1:  # a lone policy with legacy, both or none headers
+    if count == 1:  # a lone policy with legacy, both or none headers (ietf: see conclude())
         left, seconds = reply[pos + 1], (reply[pos + 2] + 999) // 1000  # whole seconds, up
         out: tuple[hdr.Header, ...] = ()
         if ietf is not None:

@@ -10,7 +10,7 @@ A tick that brought several decisions means the loop is busy: the batch then wai
 more, and the decisions of that tick join it. Under load that halves the writes, the round
 trips and the work per batch on both sides, and the worker answers the requests of two ticks
 together when Redis replies: on a 2-core machine, a limited gateway's throughput went from
-0.86 to 0.91 of an unlimited one's (``bench/limits_overhead.py --pin --together``). A lone
+0.86-0.87 to 0.89-0.92 of an unlimited one's (``bench/limits_overhead.py --pin --together``). A lone
 decision (a quiet loop) is written at the end of its own tick, as before: waiting would only
 add a loop iteration to its latency. ``storage.timeout_ms`` counts from the write.
 
@@ -35,7 +35,7 @@ import time
 from asyncio import InvalidStateError
 from collections.abc import Callable, Sequence
 from itertools import chain
-from typing import Any, cast
+from typing import Any
 
 from apigate.ratelimit.storage.base import (
     Algorithm,
@@ -168,7 +168,7 @@ class DecisionBatcher:
             loop = self._loop = asyncio.get_running_loop()
         self._scheduled_on = loop
         self._waited = False
-        loop.call_soon(self._end_of_tick)
+        loop.call_soon(self._end_of_tick, loop)
         return loop
 
     def _encode(self, spec: LimitSpec) -> _Encoded:
@@ -192,10 +192,10 @@ class DecisionBatcher:
         self._encoded_groups[id(specs)] = group
         return group
 
-    def _end_of_tick(self) -> None:
+    def _end_of_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._waited and self._several():  # a busy loop: the next tick's join this write
             self._waited = True
-            cast(asyncio.AbstractEventLoop, self._scheduled_on).call_soon(self._end_of_tick)
+            loop.call_soon(self._end_of_tick, loop)
             return
         self._scheduled_on = None
         self._send()
