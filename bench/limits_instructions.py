@@ -39,7 +39,7 @@ from common import (
     wrk_run,
 )
 from common import workdir as make_workdir
-from limits_overhead import GOAL, gateway_config
+from limits_overhead import GOAL, gateway_config, limit_count
 
 
 def instructions_per_request(config: dict[str, Any], args: argparse.Namespace, *,
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
     parser.add_argument("--headers", choices=("ietf", "legacy", "both", "none"), default="ietf",
                         help="the limited gateway's rate_limit_headers")
-    parser.add_argument("--limits", type=int, default=1,
+    parser.add_argument("--limits", type=limit_count, default=1,
                         help="how many limits each request of the limited gateway carries")
     args = parser.parse_args()
     print(python_line())

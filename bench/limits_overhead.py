@@ -81,6 +81,14 @@ def gateway_config(upstream_port: int, redis_port: int | None, algorithm: str,
     return config
 
 
+def limit_count(text: str) -> int:
+    """``--limits``: 1 to 60 (the windows run from 60 minutes down, one minute apart)."""
+    count = int(text)
+    if not 1 <= count <= 60:
+        raise argparse.ArgumentTypeError(f"must be 1 to 60, not {count}")
+    return count
+
+
 def measured_run(args: argparse.Namespace, port: int) -> dict[str, float]:
     """wrk on one gateway; adds ``cpu_us``, its worker's CPU microseconds per request, and
     ``busy``, the share of the run its worker was on a CPU (near 1: the gateway was the
@@ -192,7 +200,7 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=["sliding_window", "fixed_window"])
     parser.add_argument("--headers", choices=("ietf", "legacy", "both", "none"), default="ietf",
                         help="the limited gateway's rate_limit_headers")
-    parser.add_argument("--limits", type=int, default=1,
+    parser.add_argument("--limits", type=limit_count, default=1,
                         help="how many limits each request of the limited gateway carries")
     parser.add_argument("--pin", action="store_true",
                         help="each gateway worker on a CPU of its own (see the module docstring)")
