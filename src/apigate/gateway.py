@@ -15,7 +15,7 @@ from apigate.config.model import RouteConfig
 from apigate.http.body import BodyAborted, BodyTooLarge
 from apigate.http.errors import HttpError
 from apigate.http.request import HeaderView, Request
-from apigate.http.response import ResponseWriter
+from apigate.http.response import ResponseWriter, header_lines
 from apigate.http.server import HeadStart, HttpConnection
 from apigate.identity import Caller
 from apigate.observability.access_log import AccessEntry
@@ -152,14 +152,15 @@ class Gateway:
                 limited_as: Caller | str = caller
             else:  # no consumer: the limiter knows the caller by address only
                 caller, policies, limited_as = _ANONYMOUS, route.rate_limits, client_ip
-            response_headers = [(b"x-request-id", request_id.encode())]
+            # The response's own header lines, rendered here (see ResponseWriter.start).
+            response_lines = [b"x-request-id: %s\r\n" % request_id.encode()]
             if pending is not None:  # decided while the task was idle: the future is done
                 if conn.closing:  # the client left meanwhile (see HttpConnection._cut_short)
                     raise asyncio.CancelledError
                 limiter = runtime.limiter
                 plan, (decided, pos) = pending
                 try:
-                    verdict = limiter.conclude(plan, decided.result(), pos, response_headers)
+                    verdict = limiter.conclude(plan, decided.result(), pos, response_lines)
                 except StorageError:
                     verdict = await limiter.failed(plan)
             elif policies:
@@ -168,7 +169,7 @@ class Gateway:
                 if isinstance(begun, tuple):  # a Pending: (plan, (future, position))
                     plan, (decided, pos) = begun
                     try:
-                        verdict = limiter.conclude(plan, await decided, pos, response_headers)
+                        verdict = limiter.conclude(plan, await decided, pos, response_lines)
                     except StorageError:
                         verdict = await limiter.failed(plan)
                 elif begun is None:
@@ -191,13 +192,13 @@ class Gateway:
                         verdict.status, verdict.error or "rate limited", headers=verdict.headers
                     )
                 if verdict.headers:
-                    response_headers += verdict.headers
+                    response_lines.append(header_lines(verdict.headers))
             outbound = Outbound(
                 path=match.upstream_path,
                 query=_upstream_query(runtime, route, request.query),
                 headers=_forwarded_headers(runtime, request, conn.peer, request_id, caller),
                 drop=runtime.drop_headers[name],
-                response_headers=response_headers,
+                response_lines=response_lines,
             )
             upstream_started = time.perf_counter()
             await runtime.forwarders[upstream].forward(request, writer, conn, outbound)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from apigate.http.errors import error_body, status_line
@@ -11,6 +12,11 @@ if TYPE_CHECKING:
     from apigate.http.server import HttpConnection
 
 _NO_BODY_STATUS = frozenset({204, 304})
+
+
+def header_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Headers rendered as they are written: ``[(b"A", b"1")]`` -> ``b"A: 1\r\n"``."""
+    return b"".join(b"%s: %s\r\n" % header for header in headers)
 
 
 class ResponseWriter:
@@ -37,8 +43,13 @@ class ResponseWriter:
         *,
         content_length: int | None,
         upgrade: bool = False,
+        lines: Sequence[bytes] = (),
     ) -> None:
-        """Write the head; ``content_length=None`` streams (chunked on 1.1, close on 1.0)."""
+        """Write the head; ``content_length=None`` streams (chunked on 1.1, close on 1.0).
+
+        ``lines`` are header lines already rendered (``b"RateLimit: ...\r\n"``, see
+        :func:`header_lines`), written after ``headers``.
+        """
         request = self.request
         self.started = True
         self.status = status
@@ -50,6 +61,7 @@ class ResponseWriter:
         parts = [status_line(request.version, status)]
         for name, value in headers:  # pieces for the one join below: no bytes built per header
             parts += (name, b": ", value, b"\r\n")
+        parts += lines
         if upgrade:
             parts.append(b"connection: upgrade\r\n")
         elif content_length is not None:

@@ -34,7 +34,7 @@ class Outbound:
     query: bytes  # the client's query, less an API key passed as a query parameter
     headers: list[tuple[bytes, bytes]]  # x-forwarded-*, x-request-id, x-consumer
     drop: frozenset[bytes]  # gateway-set and credential headers: never passed on
-    response_headers: list[tuple[bytes, bytes]]  # x-request-id, rate-limit headers
+    response_lines: list[bytes]  # x-request-id, rate-limit headers: rendered header lines
 
 
 class ForwardFailed(HttpError):
@@ -171,10 +171,10 @@ class Forwarder:
         outbound: Outbound,
     ) -> None:
         headers = end_to_end(head.headers, _RESPONSE_DROP)
-        headers.extend(outbound.response_headers)
+        lines = outbound.response_lines
         if head.status == 101 and request.upgrade:
             headers.append((b"upgrade", _header(head.headers, b"upgrade")))
-            writer.start(101, headers, content_length=None, upgrade=True)
+            writer.start(101, headers, content_length=None, upgrade=True, lines=lines)
             await _tunnel(client, conn, exchange)
             return
         length = None if exchange.body_until_eof or head.status == 101 else head.content_length
@@ -182,7 +182,7 @@ class Forwarder:
             length = None
         if head.status == 101:
             writer.close = True  # a 101 the client did not ask for: nothing sane follows
-        writer.start(head.status, headers, content_length=length)
+        writer.start(head.status, headers, content_length=length, lines=lines)
         done = exchange.done
         if done.done() and done.exception() is None:
             # The whole response came with its head (the common small response): no sink.

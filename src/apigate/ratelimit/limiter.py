@@ -75,11 +75,11 @@ class _Planned:
     spec: LimitSpec
 
 
-# A plan's headers pre-rendered for conclude() when all its policies allow: RateLimit-Policy
-# with the RateLimit value as a template, each policy's remaining and reset left as %d (ietf,
-# both); and each policy's X-RateLimit-Limit value (legacy, both). None where the mode has no
-# such header.
-_Rendered = tuple["tuple[hdr.Header, bytes] | None", "tuple[bytes, ...] | None"]
+# A plan's headers pre-rendered for conclude() when all its policies allow: the RateLimit-Policy
+# and RateLimit header lines as one %-template, each policy's remaining and reset left as %d
+# (ietf, both); and each policy's X-RateLimit-Limit value (legacy, both). None where the mode
+# has no such header.
+_Rendered = tuple["bytes | None", "tuple[bytes, ...] | None"]
 
 
 class _Plan:
@@ -92,8 +92,8 @@ class _Plan:
         self.specs = [p.spec for p in planned]
         self.shadow = any(p.policy.shadow for p in planned)
         self.rendered = rendered
-        # The common case, a lone policy with ietf headers only (the default): its ietf parts,
-        # which conclude() renders inline, a call less than _allowed_headers().
+        # The common case, a lone policy with ietf headers only (the default): its ietf
+        # template, which conclude() renders inline, a call less than _allowed_lines().
         ietf, legacy = rendered
         self.one = ietf if len(planned) == 1 and legacy is None else None
         # "allowed" verdicts shared by the plan's requests, one per policy as the tightest:
@@ -233,31 +233,27 @@ class RateLimiter:
             return None
         return plan, submitted
 
-    def conclude(
-        self, plan: _Plan, reply: Reply, pos: int, out: list[hdr.Header]
-    ) -> Verdict:
+    def conclude(self, plan: _Plan, reply: Reply, pos: int, out: list[bytes]) -> Verdict:
         """The verdict once storage answered a decision :meth:`begin` sent.
 
         On the common answer, every policy allowed, the rate-limit headers (whichever
-        ``rate_limit_headers`` asks for) are appended to ``out`` (the response's headers) and
-        one of the plan's shared verdicts, without headers of its own, is returned; any other
-        verdict carries its headers. Raises StorageError when the storage refused the
-        decision's specs.
+        ``rate_limit_headers`` asks for) are appended to ``out`` as rendered header lines (the
+        response's, see ``ResponseWriter.start``) and one of the plan's shared verdicts,
+        without headers of its own, is returned; any other verdict carries its headers.
+        Raises StorageError when the storage refused the decision's specs.
         """
         one = plan.one
         if one is not None and reply[pos] == 1:
             if not self._breaker.clean:
                 self._breaker.success()  # else it has nothing to reset: not even called
-            # _allowed_headers() for one policy, written out: a call less per request
-            out += (one[0], (b"RateLimit", one[1] % (
-                reply[pos + 1], (reply[pos + 2] + 999) // 1000  # whole seconds, up
-            )))
+            # _allowed_lines() for one policy, written out: a call less per request
+            out.append(one % (reply[pos + 1], (reply[pos + 2] + 999) // 1000))  # seconds, up
             return plan.allowed
         if reply[pos] == 1:  # the same, for any other plan
             if not self._breaker.clean:
                 self._breaker.success()
-            headers, tightest = _allowed_headers(plan.rendered, reply, pos, len(plan.specs))
-            out += headers
+            lines, tightest = _allowed_lines(plan.rendered, reply, pos, len(plan.specs))
+            out.append(lines)
             return plan.allowed_by[tightest]
         outcome = group_outcome(reply, pos, len(plan.specs))
         self._breaker.success()
@@ -482,11 +478,12 @@ class RateLimiter:
         if rendered is not None:
             return rendered
         ietf = None
-        if mode in ("ietf", "both"):  # RateLimit-Policy, and '"name";r=%d;t=%d, ...'
-            template = b", ".join(
+        if mode in ("ietf", "both"):  # RateLimit-Policy, and RateLimit: '"name";r=%d;t=%d, ...'
+            policy = self._headers(planned, None)[0][1].replace(b"%", b"%%")
+            limits = b", ".join(
                 self._one_policy(p)[1].replace(b"%", b"%%") + b"%d;t=%d" for p in planned
             )
-            ietf = (self._headers(planned, None)[0], template)
+            ietf = b"RateLimit-Policy: %s\r\nRateLimit: %s\r\n" % (policy, limits)
         legacy = None
         if mode in ("legacy", "both"):
             legacy = tuple(b"%d" % p.policy.limit for p in planned)
@@ -522,18 +519,16 @@ def _one_policy_value(parts: tuple[hdr.Header, bytes], remaining: int, reset_ms:
     return b"%s%d;t=%d" % (parts[1], remaining, (reset_ms + 999) // 1000)  # whole seconds, up
 
 
-def _allowed_headers(
-    rendered: _Rendered, reply: Reply, pos: int, count: int
-) -> tuple[tuple[hdr.Header, ...], int]:
-    """The headers of ``count`` policies that all allowed, from their pre-rendered parts and
-    their group at ``reply[pos]`` (see headers.render), and the tightest policy's index: the
-    first with the least remaining, as _verdict() picks."""
+def _allowed_lines(rendered: _Rendered, reply: Reply, pos: int, count: int) -> tuple[bytes, int]:
+    """The header lines of ``count`` policies that all allowed, from their pre-rendered parts
+    and their group at ``reply[pos]`` (see headers.render), and the tightest policy's index:
+    the first with the least remaining, as _verdict() picks."""
     ietf, limits = rendered
     if count == 1:  # a lone policy with legacy, both or none headers (ietf: see conclude())
         left, seconds = reply[pos + 1], (reply[pos + 2] + 999) // 1000  # whole seconds, up
-        out: tuple[hdr.Header, ...] = ()
+        out = b""
         if ietf is not None:
-            out = (ietf[0], (b"RateLimit", ietf[1] % (left, seconds)))
+            out = ietf % (left, seconds)
         if limits is not None:
             out += _legacy(limits[0], left, seconds)
         return out, 0
@@ -541,12 +536,12 @@ def _allowed_headers(
     lefts = reply[pos + 1:end:3]  # each one's remaining, then its reset in ms
     resets = reply[pos + 2:end:3]
     tightest = lefts.index(min(lefts))
-    out = ()
+    out = b""
     if ietf is not None:
         values = lefts + lefts  # remaining and reset in seconds, one policy after another
         values[::2] = lefts
         values[1::2] = [(ms + 999) // 1000 for ms in resets]
-        out = (ietf[0], (b"RateLimit", ietf[1] % tuple(values)))
+        out = ietf % tuple(values)
     if limits is not None:
         # The most restrictive: the least remaining, then the latest reset (headers.legacy).
         least = lefts[tightest]
@@ -555,11 +550,9 @@ def _allowed_headers(
     return out, tightest
 
 
-def _legacy(limit: bytes, left: int, seconds: int) -> tuple[hdr.Header, ...]:
-    return (
-        (b"X-RateLimit-Limit", limit),
-        (b"X-RateLimit-Remaining", b"%d" % left),
-        (b"X-RateLimit-Reset", b"%d" % seconds),
+def _legacy(limit: bytes, left: int, seconds: int) -> bytes:
+    return b"X-RateLimit-Limit: %s\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n" % (
+        limit, left, seconds
     )
 
 
