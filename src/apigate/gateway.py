@@ -88,9 +88,9 @@ class Gateway:
             name = match.name
             headers = HeaderView(request.headers)
             pending = None
-            policies = runtime.decided_early.get(name)
-            if policies is not None:
-                begun = runtime.limiter.begin(name, policies, client_ip, headers, wake)
+            limits = runtime.decided_early.get(name)
+            if limits is not None:
+                begun = runtime.limiter.begin_by_address(limits, client_ip, headers, wake)
                 if type(begun) is tuple:  # a Pending: storage completes ``wake`` (last step)
                     pending = begun
             elif name in runtime.authenticated_early:

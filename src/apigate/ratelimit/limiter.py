@@ -108,6 +108,19 @@ class _Plan:
 Pending = tuple[_Plan, Submitted]
 
 
+class RouteLimits:
+    """The rate limits of one route whose callers are known by address alone (no auth), with
+    the plans already made for its addresses: what :meth:`RateLimiter.begin_by_address` looks
+    a request's plan up in, by its address only (no key tuple built and hashed per request)."""
+
+    __slots__ = ("plans", "policy_names", "route")
+
+    def __init__(self, route: str, policy_names: tuple[str, ...]) -> None:
+        self.route = route
+        self.policy_names = policy_names
+        self.plans: dict[str, _Plan] = {}  # memoized plans without shadow policies
+
+
 class RateLimiter:
     """Decides requests against the policies of one config snapshot."""
 
@@ -232,6 +245,52 @@ class RateLimiter:
         if submitted is None:
             return None
         return plan, submitted
+
+    def begin_by_address(
+        self,
+        limits: RouteLimits,
+        address: str,
+        headers: Mapping[str, str],
+        future: asyncio.Future[Reply] | None = None,
+    ) -> Verdict | Pending | None:
+        """:meth:`begin` for a request to the route of ``limits`` from the bare client address
+        ``address`` (the head start's call, once per request)."""
+        plan = limits.plans.get(address)
+        if plan is None:
+            return self._begin_first(limits, address, headers, future)
+        # begin() from its memoized plan on, written out: a call less per request
+        if self._denials:
+            cached = self._cached_denial(plan.planned)
+            if cached is not None:
+                return cached
+        if self._breaker.state is not _CLOSED:
+            return None
+        submitted = self._submit(plan.specs, future)
+        if submitted is None:
+            return None
+        return plan, submitted
+
+    def _begin_first(
+        self,
+        limits: RouteLimits,
+        address: str,
+        headers: Mapping[str, str],
+        future: asyncio.Future[Reply] | None,
+    ) -> Verdict | Pending | None:
+        """begin() for an address whose plan ``limits`` does not hold: kept there once made,
+        when it is memoized and has no shadow policy."""
+        route, names = limits.route, limits.policy_names
+        begun = self.begin(route, names, address, headers, future)
+        plan = self._plans.get((names, address, None, route))
+        if plan is not None and not plan.shadow:
+            if len(limits.plans) >= _PLANNED_MAX:
+                limits.plans.clear()
+            limits.plans[address] = plan
+        return begun
+
+    def route_limits(self, route: str, policy_names: tuple[str, ...]) -> RouteLimits:
+        """What :meth:`begin_by_address` needs for ``route`` (one per route and config)."""
+        return RouteLimits(route, policy_names)
 
     def conclude(self, plan: _Plan, reply: Reply, pos: int, out: list[bytes]) -> Verdict:
         """The verdict once storage answered a decision :meth:`begin` sent.

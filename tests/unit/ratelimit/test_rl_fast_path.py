@@ -8,7 +8,7 @@ import pytest
 
 from apigate.identity import Caller
 from apigate.ratelimit.breaker import BreakerState
-from apigate.ratelimit.limiter import RateLimiter, Verdict
+from apigate.ratelimit.limiter import RateLimiter, RouteLimits, Verdict
 from apigate.ratelimit.storage.base import StorageError
 
 from .fakes import make_limiter
@@ -239,3 +239,69 @@ async def test_plans_planned_per_request_share_their_rendered_headers() -> None:
     assert plans[0].rendered is plans[1].rendered is plans[2].rendered
     # per-ip (limit 3) is the tightest: 2, 1, 0 left whatever the tenant.
     assert remaining == [b"2", b"1", b"0"]
+
+
+async def by_address(
+    limiter: RateLimiter, limits: RouteLimits, address: str = "203.0.113.7",
+    headers: dict[str, str] | None = None,
+) -> Verdict | None:
+    """What the head start does for a route without auth: begin_by_address, then conclude."""
+    started = limiter.begin_by_address(limits, address, headers or {})
+    if not isinstance(started, tuple):
+        return started
+    plan, (future, pos) = started
+    out: list[bytes] = []
+    try:
+        verdict = limiter.conclude(plan, await future, pos, out)
+    except StorageError:
+        return await limiter.failed(plan)
+    return replace(verdict, headers=(*parsed(out), *verdict.headers))
+
+
+async def test_by_address_keeps_each_address_plan_and_decides_like_begin() -> None:
+    """The route's plan for an address is made once and kept in its RouteLimits; each
+    address has its own bucket, and the over-limit one is answered locally afterwards."""
+    limiter, storage, _ = make_limiter({"per-ip": PER_IP})
+    storage.submits = True
+    limits = limiter.route_limits("r", ("per-ip",))
+    verdicts = [await by_address(limiter, limits) for _ in range(5)]
+    assert [v.decision if v else None for v in verdicts] == (
+        ["allowed"] * 3 + ["limited", "limited_cached"]
+    )
+    third = verdicts[2]
+    assert third is not None
+    assert dict(third.headers)[b"RateLimit"] == b'"per-ip";r=0;t=20'
+    assert list(limits.plans) == ["203.0.113.7"]
+    other = await by_address(limiter, limits, "198.51.100.1")
+    assert other is not None
+    assert other.decision == "allowed"
+    assert len(limits.plans) == 2
+    assert len(storage.calls) == 5  # the cached denial never reached storage
+    assert {s[0].key for s in storage.calls} == {
+        p.specs[0].key for p in limits.plans.values()
+    }
+
+
+async def test_by_address_keeps_no_plan_it_cannot_reuse() -> None:
+    """Plans with a shadow policy (the general path's) or keyed by a header (made per
+    request) are not kept; with an open circuit the request goes the general way."""
+    tenant = {"limit": 2, "window": "1m", "algorithm": "fixed_window", "key": "header:x-tenant"}
+    limiter, storage, _ = make_limiter({"per-ip": PER_IP, "shadow": SHADOW, "tenant": tenant},
+                                       storage={"on_failure": "closed"})
+    storage.submits = True
+    shadowed = limiter.route_limits("r", ("per-ip", "shadow"))
+    assert limiter.begin_by_address(shadowed, "203.0.113.7", {}) is None
+    assert shadowed.plans == {}
+    by_header = limiter.route_limits("t", ("tenant",))
+    tenants = [await by_address(limiter, by_header, headers={"x-tenant": "a"}) for _ in range(3)]
+    assert [v.decision if v else None for v in tenants] == ["allowed", "allowed", "limited"]
+    assert by_header.plans == {}
+    kept = limiter.route_limits("k", ("per-ip",))
+    await by_address(limiter, kept)
+    assert list(kept.plans) == ["203.0.113.7"]
+    storage.fail = True
+    failed = [await by_address(limiter, kept) for _ in range(3)]
+    assert [v.status for v in failed if v] == [503] * 3
+    # Three failures opened the circuit: the kept plan is not sent while it is open.
+    assert limiter.guard.breaker.state is BreakerState.OPEN
+    assert limiter.begin_by_address(kept, "203.0.113.7", {}) is None
