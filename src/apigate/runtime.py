@@ -124,7 +124,7 @@ def build_runtime(
         consumer_limits=consumer_limits,
         drop_headers=drop_headers,
         decided_early={
-            route.name: limiter.route_limits(route.name, route.rate_limits)
+            route.name: RouteLimits(route.name, route.rate_limits)
             for route in config.routes if route.rate_limits and route.auth == "none"
         },
         authenticated_early=frozenset(

@@ -111,7 +111,8 @@ Pending = tuple[_Plan, Submitted]
 class RouteLimits:
     """The rate limits of one route whose callers are known by address alone (no auth), with
     the plans already made for its addresses: what :meth:`RateLimiter.begin_by_address` looks
-    a request's plan up in, by its address only (no key tuple built and hashed per request)."""
+    a request's plan up in, by its address only (no key tuple built and hashed per request).
+    One per route and config snapshot, made with the snapshot's limiter."""
 
     __slots__ = ("plans", "policy_names", "route")
 
@@ -287,10 +288,6 @@ class RateLimiter:
                 limits.plans.clear()
             limits.plans[address] = plan
         return begun
-
-    def route_limits(self, route: str, policy_names: tuple[str, ...]) -> RouteLimits:
-        """What :meth:`begin_by_address` needs for ``route`` (one per route and config)."""
-        return RouteLimits(route, policy_names)
 
     def conclude(self, plan: _Plan, reply: Reply, pos: int, out: list[bytes]) -> Verdict:
         """The verdict once storage answered a decision :meth:`begin` sent.

@@ -263,7 +263,7 @@ async def test_by_address_keeps_each_address_plan_and_decides_like_begin() -> No
     address has its own bucket, and the over-limit one is answered locally afterwards."""
     limiter, storage, _ = make_limiter({"per-ip": PER_IP})
     storage.submits = True
-    limits = limiter.route_limits("r", ("per-ip",))
+    limits = RouteLimits("r", ("per-ip",))
     verdicts = [await by_address(limiter, limits) for _ in range(5)]
     assert [v.decision if v else None for v in verdicts] == (
         ["allowed"] * 3 + ["limited", "limited_cached"]
@@ -289,14 +289,14 @@ async def test_by_address_keeps_no_plan_it_cannot_reuse() -> None:
     limiter, storage, _ = make_limiter({"per-ip": PER_IP, "shadow": SHADOW, "tenant": tenant},
                                        storage={"on_failure": "closed"})
     storage.submits = True
-    shadowed = limiter.route_limits("r", ("per-ip", "shadow"))
+    shadowed = RouteLimits("r", ("per-ip", "shadow"))
     assert limiter.begin_by_address(shadowed, "203.0.113.7", {}) is None
     assert shadowed.plans == {}
-    by_header = limiter.route_limits("t", ("tenant",))
+    by_header = RouteLimits("t", ("tenant",))
     tenants = [await by_address(limiter, by_header, headers={"x-tenant": "a"}) for _ in range(3)]
     assert [v.decision if v else None for v in tenants] == ["allowed", "allowed", "limited"]
     assert by_header.plans == {}
-    kept = limiter.route_limits("k", ("per-ip",))
+    kept = RouteLimits("k", ("per-ip",))
     await by_address(limiter, kept)
     assert list(kept.plans) == ["203.0.113.7"]
     storage.fail = True
