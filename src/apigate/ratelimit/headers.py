@@ -20,10 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from apigate.ratelimit.storage.base import LimitState
+from apigate.ratelimit.storage.base import LimitState, Reply
 
 HeaderMode = Literal["ietf", "legacy", "both", "none"]
 Header = tuple[bytes, bytes]
+# The headers of a set of policies that all allowed, pre-rendered (see allowed_parts): the
+# RateLimit-Policy and RateLimit lines as one %-template (ietf, both), and each policy's
+# X-RateLimit-Limit value (legacy, both); None where the mode has no such header.
+AllowedParts = tuple["bytes | None", "tuple[bytes, ...] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,3 +123,62 @@ def render(
     if mode in ("legacy", "both") and states is not None:
         out.extend(legacy(quotas, states))
     return out
+
+
+def allowed_parts(mode: HeaderMode, quotas: Sequence[Quota]) -> AllowedParts:
+    """What :func:`allowed_lines` renders the headers of ``quotas`` all allowed from; worth
+    keeping per set of policies. For ``"per-ip"`` with a limit of 100 per second, ietf::
+
+        b'RateLimit-Policy: "per-ip";q=100;w=1\\r\\nRateLimit: "per-ip";r=%d;t=%d\\r\\n'
+    """
+    ietf = None
+    if mode in ("ietf", "both"):  # a "%" of a policy name is escaped, for the % operator
+        policy = policy_value(quotas).replace(b"%", b"%%")
+        limits = b", ".join(
+            sf_string(q.name).encode("ascii").replace(b"%", b"%%") + b";r=%d;t=%d"
+            for q in quotas
+        )
+        ietf = b"RateLimit-Policy: %s\r\nRateLimit: %s\r\n" % (policy, limits)
+    legacy = None
+    if mode in ("legacy", "both"):
+        legacy = tuple(b"%d" % q.limit for q in quotas)
+    return ietf, legacy
+
+
+def allowed_lines(parts: AllowedParts, reply: Reply, pos: int, count: int) -> tuple[bytes, int]:
+    """The header lines of ``count`` policies that all allowed, from their
+    :func:`allowed_parts` and their decision group at ``reply[pos]`` (``allowed``, then
+    ``remaining, reset_ms, retry_ms`` per policy, see ``storage.base.group_outcome``), with
+    the tightest policy's index: the first with the least remaining (the limiter's choice)."""
+    ietf, limits = parts
+    if count == 1:  # a lone policy with legacy, both or none headers (ietf: the limiter's)
+        left, seconds = reply[pos + 1], (reply[pos + 2] + 999) // 1000  # whole seconds, up
+        out = b""
+        if ietf is not None:
+            out = ietf % (left, seconds)
+        if limits is not None:
+            out += legacy_lines(limits[0], left, seconds)
+        return out, 0
+    end = pos + 1 + 3 * count
+    lefts = reply[pos + 1:end:3]  # each one's remaining, then its reset in ms
+    resets = reply[pos + 2:end:3]
+    tightest = lefts.index(min(lefts))
+    out = b""
+    if ietf is not None:
+        values = lefts + lefts  # remaining and reset in seconds, one policy after another
+        values[::2] = lefts
+        values[1::2] = [(ms + 999) // 1000 for ms in resets]
+        out = ietf % tuple(values)
+    if limits is not None:
+        # The most restrictive: the least remaining, then the latest reset (as legacy()).
+        least = lefts[tightest]
+        index = max((i for i in range(count) if lefts[i] == least), key=resets.__getitem__)
+        out += legacy_lines(limits[index], least, (resets[index] + 999) // 1000)
+    return out, tightest
+
+
+def legacy_lines(limit: bytes, left: int, seconds: int) -> bytes:
+    """X-RateLimit-* as header lines, from the limit already rendered."""
+    return b"X-RateLimit-Limit: %s\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n" % (
+        limit, left, seconds
+    )

@@ -75,25 +75,18 @@ class _Planned:
     spec: LimitSpec
 
 
-# A plan's headers pre-rendered for conclude() when all its policies allow: the RateLimit-Policy
-# and RateLimit header lines as one %-template, each policy's remaining and reset left as %d
-# (ietf, both); and each policy's X-RateLimit-Limit value (legacy, both). None where the mode
-# has no such header.
-_Rendered = tuple["bytes | None", "tuple[bytes, ...] | None"]
-
-
 class _Plan:
     """One request's policies and specs; memoized per client when its keys allow."""
 
     __slots__ = ("allowed", "allowed_by", "one", "planned", "rendered", "shadow", "specs")
 
-    def __init__(self, planned: list[_Planned], rendered: _Rendered) -> None:
+    def __init__(self, planned: list[_Planned], rendered: hdr.AllowedParts) -> None:
         self.planned = planned
         self.specs = [p.spec for p in planned]
         self.shadow = any(p.policy.shadow for p in planned)
         self.rendered = rendered
         # The common case, a lone policy with ietf headers only (the default): its ietf
-        # template, which conclude() renders inline, a call less than _allowed_lines().
+        # template, which conclude() renders inline, a call less than hdr.allowed_lines().
         ietf, legacy = rendered
         self.one = ietf if len(planned) == 1 and legacy is None else None
         # "allowed" verdicts shared by the plan's requests, one per policy as the tightest:
@@ -146,7 +139,7 @@ class RateLimiter:
         self._submit = self._rt.storage.submit
         self._policy_values: dict[tuple[str, ...], bytes] = {}
         self._quotas: dict[tuple[str, ...], list[hdr.Quota]] = {}
-        self._rendered_by_names: dict[tuple[str, ...], _Rendered] = {}
+        self._rendered_by_names: dict[tuple[str, ...], hdr.AllowedParts] = {}
         self._one_policy_parts: dict[str, tuple[hdr.Header, bytes]] = {}
         # Planned specs of policies keyed only by client_ip/consumer/route with a fixed cost:
         # the same client on the same route plans the same spec every time.
@@ -302,13 +295,13 @@ class RateLimiter:
         if one is not None and reply[pos] == 1:
             if not self._breaker.clean:
                 self._breaker.success()  # else it has nothing to reset: not even called
-            # _allowed_lines() for one policy, written out: a call less per request
+            # hdr.allowed_lines() for one policy, written out: a call less per request
             out.append(one % (reply[pos + 1], (reply[pos + 2] + 999) // 1000))  # seconds, up
             return plan.allowed
         if reply[pos] == 1:  # the same, for any other plan
             if not self._breaker.clean:
                 self._breaker.success()
-            lines, tightest = _allowed_lines(plan.rendered, reply, pos, len(plan.specs))
+            lines, tightest = hdr.allowed_lines(plan.rendered, reply, pos, len(plan.specs))
             out.append(lines)
             return plan.allowed_by[tightest]
         outcome = group_outcome(reply, pos, len(plan.specs))
@@ -526,26 +519,16 @@ class RateLimiter:
             )
         return parts
 
-    def _rendered(self, planned: list[_Planned], mode: hdr.HeaderMode) -> _Rendered:
+    def _rendered(self, planned: list[_Planned], mode: hdr.HeaderMode) -> hdr.AllowedParts:
         """What conclude() needs to write the headers of ``planned`` all allowed (worked out
         once per set of policies: plans that are not memoized ask for it every time)."""
         names = tuple(p.name for p in planned)
         rendered = self._rendered_by_names.get(names)
-        if rendered is not None:
-            return rendered
-        ietf = None
-        if mode in ("ietf", "both"):  # RateLimit-Policy, and RateLimit: '"name";r=%d;t=%d, ...'
-            policy = self._headers(planned, None)[0][1].replace(b"%", b"%%")
-            limits = b", ".join(
-                self._one_policy(p)[1].replace(b"%", b"%%") + b"%d;t=%d" for p in planned
-            )
-            ietf = b"RateLimit-Policy: %s\r\nRateLimit: %s\r\n" % (policy, limits)
-        legacy = None
-        if mode in ("legacy", "both"):
-            legacy = tuple(b"%d" % p.policy.limit for p in planned)
-        if len(self._rendered_by_names) > 1024:  # bounded: policy sets come from config
-            self._rendered_by_names.clear()
-        rendered = self._rendered_by_names[names] = (ietf, legacy)
+        if rendered is None:
+            if len(self._rendered_by_names) > 1024:  # bounded: policy sets come from config
+                self._rendered_by_names.clear()
+            quotas = [hdr.Quota(p.name, p.policy.limit, p.policy.window) for p in planned]
+            rendered = self._rendered_by_names[names] = hdr.allowed_parts(mode, quotas)
         return rendered
 
     # -- admin and lifecycle helpers ---------------------------------------------------------
@@ -573,43 +556,6 @@ _CLOSED = BreakerState.CLOSED  # read per request: an enum member through its cl
 def _one_policy_value(parts: tuple[hdr.Header, bytes], remaining: int, reset_ms: int) -> bytes:
     """The ``RateLimit`` value of a lone policy from its pre-rendered parts."""
     return b"%s%d;t=%d" % (parts[1], remaining, (reset_ms + 999) // 1000)  # whole seconds, up
-
-
-def _allowed_lines(rendered: _Rendered, reply: Reply, pos: int, count: int) -> tuple[bytes, int]:
-    """The header lines of ``count`` policies that all allowed, from their pre-rendered parts
-    and their group at ``reply[pos]`` (see headers.render), and the tightest policy's index:
-    the first with the least remaining, as _verdict() picks."""
-    ietf, limits = rendered
-    if count == 1:  # a lone policy with legacy, both or none headers (ietf: see conclude())
-        left, seconds = reply[pos + 1], (reply[pos + 2] + 999) // 1000  # whole seconds, up
-        out = b""
-        if ietf is not None:
-            out = ietf % (left, seconds)
-        if limits is not None:
-            out += _legacy(limits[0], left, seconds)
-        return out, 0
-    end = pos + 1 + 3 * count
-    lefts = reply[pos + 1:end:3]  # each one's remaining, then its reset in ms
-    resets = reply[pos + 2:end:3]
-    tightest = lefts.index(min(lefts))
-    out = b""
-    if ietf is not None:
-        values = lefts + lefts  # remaining and reset in seconds, one policy after another
-        values[::2] = lefts
-        values[1::2] = [(ms + 999) // 1000 for ms in resets]
-        out = ietf % tuple(values)
-    if limits is not None:
-        # The most restrictive: the least remaining, then the latest reset (headers.legacy).
-        least = lefts[tightest]
-        index = max((i for i in range(count) if lefts[i] == least), key=resets.__getitem__)
-        out += _legacy(limits[index], least, (resets[index] + 999) // 1000)
-    return out, tightest
-
-
-def _legacy(limit: bytes, left: int, seconds: int) -> bytes:
-    return b"X-RateLimit-Limit: %s\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n" % (
-        limit, left, seconds
-    )
 
 
 def _remaining(pair: tuple[_Planned, LimitState]) -> int:
