@@ -173,8 +173,8 @@ class Forwarder:
         headers = end_to_end(head.headers, _RESPONSE_DROP)
         lines = outbound.response_lines
         if head.status == 101 and request.upgrade:
-            headers.append((b"upgrade", _header(head.headers, b"upgrade")))
-            writer.start(101, headers, content_length=None, upgrade=True, lines=lines)
+            upgrade = b"upgrade: %s\r\n" % _header(head.headers, b"upgrade")
+            writer.start(101, headers, content_length=None, upgrade=True, lines=[*lines, upgrade])
             await _tunnel(client, conn, exchange)
             return
         length = None if exchange.body_until_eof or head.status == 101 else head.content_length

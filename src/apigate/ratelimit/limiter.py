@@ -145,6 +145,7 @@ class RateLimiter:
         # the same client on the same route plans the same spec every time.
         self._planned: dict[tuple[str, str, str | None, str], _Planned] = {}
         self._plans: dict[tuple[tuple[str, ...], str, str | None, str], _Plan] = {}
+        self._route_limits: set[RouteLimits] = set()  # those begin_by_address kept plans in
         self._memoizable = {
             name: isinstance(p.cost, int)
             and all(part in ("client_ip", "consumer", "route") for part in p.key.split("+"))
@@ -272,13 +273,14 @@ class RateLimiter:
         future: asyncio.Future[Reply] | None,
     ) -> Verdict | Pending | None:
         """begin() for an address whose plan ``limits`` does not hold: kept there once made,
-        when it is memoized and has no shadow policy."""
+        when it is memoized and has no shadow policy. Every plan kept in a RouteLimits is one
+        of the memoized plans, which are forgotten together (see _plan_for): however many
+        routes, they hold no more plans than the limiter's own bound."""
         route, names = limits.route, limits.policy_names
         begun = self.begin(route, names, address, headers, future)
         plan = self._plans.get((names, address, None, route))
         if plan is not None and not plan.shadow:
-            if len(limits.plans) >= _PLANNED_MAX:
-                limits.plans.clear()
+            self._route_limits.add(limits)
             limits.plans[address] = plan
         return begun
 
@@ -374,6 +376,8 @@ class RateLimiter:
         if all(self._memoizable.get(name, True) for name in names):
             if len(self._plans) >= _PLANNED_MAX:
                 self._plans.clear()
+                for limits in self._route_limits:  # they keep memoized plans only
+                    limits.plans.clear()
             self._plans[memo] = plan
         return plan
 

@@ -317,6 +317,9 @@ def test_upgrade_is_tunnelled_both_ways_after_101(
         response = client.request(head)
         assert response.status == 101
         assert (response.header("upgrade") or "").lower() == "websocket"
+        # The gateway's own header lines come with a 101 too, before its Upgrade and Connection.
+        names = [name for name, _ in response.headers]
+        assert names.index("x-request-id") < names.index("upgrade") < names.index("connection")
         client.sock.settimeout(5)
         received = client.leftover()
         while len(received) < len(b"hello-from-upstream"):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import pytest
 
 from apigate.identity import Caller
+from apigate.ratelimit import limiter as limiter_module
 from apigate.ratelimit.breaker import BreakerState
 from apigate.ratelimit.limiter import RateLimiter, RouteLimits, Verdict
 from apigate.ratelimit.storage.base import StorageError
@@ -305,3 +307,42 @@ async def test_by_address_keeps_no_plan_it_cannot_reuse() -> None:
     # Three failures opened the circuit: the kept plan is not sent while it is open.
     assert limiter.guard.breaker.state is BreakerState.OPEN
     assert limiter.begin_by_address(kept, "203.0.113.7", {}) is None
+
+
+async def test_by_address_decides_as_check_for_many_addresses() -> None:
+    """A fixed pseudo-random run over a few addresses and two routes: every verdict and
+    header from begin_by_address is the one check() gives for the same request."""
+    policies = {"per-ip": PER_IP, "burst": BURST, "ten-s": TEN_S}
+    fast, fast_storage, _ = make_limiter(policies, rate_limit_headers="both")
+    general, _, _ = make_limiter(policies, rate_limit_headers="both")
+    fast_storage.submits = True
+    routes = {"a": ("per-ip",), "b": ("burst", "ten-s")}
+    limits = {name: RouteLimits(name, names) for name, names in routes.items()}
+    rng = random.Random(7)
+    for _ in range(60):
+        route, address = rng.choice("ab"), f"198.51.100.{rng.randrange(4)}"
+        got = await by_address(fast, limits[route], address)
+        expected = await general.check(route=route, policy_names=routes[route],
+                                       caller=address, headers={})
+        assert got is not None
+        assert (got.decision, got.status, got.policy, got.headers) == (
+            expected.decision, expected.status, expected.policy, expected.headers
+        )
+
+
+async def test_route_limits_keep_no_more_plans_than_the_limiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the limiter forgets its memoized plans (at its bound), every RouteLimits forgets
+    its own: however many routes, they hold no plan the limiter does not."""
+    monkeypatch.setattr(limiter_module, "_PLANNED_MAX", 3)
+    limiter, storage, _ = make_limiter({"per-ip": PER_IP})
+    storage.submits = True
+    routes = [RouteLimits(name, ("per-ip",)) for name in ("a", "b")]
+    for n in range(5):
+        for limits in routes:
+            await by_address(limiter, limits, f"198.51.100.{n}")
+            kept = [p for r in routes for p in r.plans.values()]
+            assert len(kept) <= 3
+            assert all(any(p is q for q in limiter._plans.values()) for p in kept)
+    assert routes[1].plans  # the latest address's plan is kept
