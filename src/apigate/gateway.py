@@ -87,12 +87,10 @@ class Gateway:
             client_ip = _client_ip(runtime, request, conn.peer)
             name = match.name
             headers = HeaderView(request.headers)
-            pending = None
+            begun = None
             limits = runtime.decided_early.get(name)
             if limits is not None:
                 begun = runtime.limiter.begin_by_address(limits, client_ip, headers, wake)
-                if type(begun) is tuple:  # a Pending: storage completes ``wake`` (last step)
-                    pending = begun
             elif name in runtime.authenticated_early:
                 route = match.route
                 caller = runtime.authenticate_now(route, headers, request.query, client_ip)
@@ -101,8 +99,9 @@ class Gateway:
                     known = (caller, policies)
                     if policies:
                         begun = runtime.limiter.begin(name, policies, caller, headers, wake)
-                        if type(begun) is tuple:
-                            pending = begun
+            # A Pending (a tuple): storage completes ``wake`` (last step). A verdict known at
+            # once, or None, is left to handle(), which begins again.
+            pending = begun if type(begun) is tuple else None
         except HttpError:
             return False  # handle() answers it (a refused credential: it authenticates again)
         except Exception:  # a bug here must not become the parser's "malformed request"

@@ -499,18 +499,25 @@ class RateLimiter:
             limit_value = _one_policy_value(parts, states[0].remaining, states[0].reset_ms)
             return (parts[0], (b"RateLimit", limit_value))
         names = tuple(p.name for p in real)
-        quotas = self._quotas.get(names)
-        if quotas is None:
-            quotas = [hdr.Quota(p.name, p.policy.limit, p.policy.window) for p in real]
-            if len(self._quotas) > 1024:
-                self._quotas.clear()
-            self._quotas[names] = quotas
+        quotas = self._quotas_for(names, real)
         value = self._policy_values.get(names)
         if value is None:
             if len(self._policy_values) > 1024:  # bounded: policy sets come from config
                 self._policy_values.clear()
             value = self._policy_values[names] = hdr.policy_value(quotas)
         return tuple(hdr.render(mode, quotas, states, value))
+
+    def _quotas_for(
+        self, names: tuple[str, ...], planned: Sequence[_Planned]
+    ) -> list[hdr.Quota]:
+        """The quotas of ``planned`` (named ``names``), made once per set of policies."""
+        quotas = self._quotas.get(names)
+        if quotas is None:
+            quotas = [hdr.Quota(p.name, p.policy.limit, p.policy.window) for p in planned]
+            if len(self._quotas) > 1024:  # bounded: policy sets come from config
+                self._quotas.clear()
+            self._quotas[names] = quotas
+        return quotas
 
     def _one_policy(self, planned: _Planned) -> tuple[hdr.Header, bytes]:
         """``RateLimit-Policy`` and the start of the ``RateLimit`` value for one policy."""
@@ -531,7 +538,7 @@ class RateLimiter:
         if rendered is None:
             if len(self._rendered_by_names) > 1024:  # bounded: policy sets come from config
                 self._rendered_by_names.clear()
-            quotas = [hdr.Quota(p.name, p.policy.limit, p.policy.window) for p in planned]
+            quotas = self._quotas_for(names, planned)
             rendered = self._rendered_by_names[names] = hdr.allowed_parts(mode, quotas)
         return rendered
 
